@@ -1,0 +1,1 @@
+"""Feature definitions, the Redis online store, and feature-vector assembly."""

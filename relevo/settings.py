@@ -1,0 +1,96 @@
+"""Every setting Relevo reads from the environment, typed, in one place.
+
+>>> s = Settings.from_env({"RELEVO_PARTITIONS": "8", "REDIS_URL": "redis://r:6379/0"})
+>>> s.partitions, s.redis_url, s.embedded_kafka, s.embedded_redis
+(8, 'redis://r:6379/0', True, False)
+>>> Settings.from_env({"RELEVO_PARTITIONS": "many"})
+Traceback (most recent call last):
+...
+ValueError: RELEVO_PARTITIONS must be an integer, got 'many'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+
+def _env_field(env: str, default: object, doc: str) -> object:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration; ``Settings.from_env()`` reads it from the environment."""
+
+    kafka_bootstrap_servers: str = _env_field(
+        "KAFKA_BOOTSTRAP_SERVERS", "", "Kafka brokers; empty starts the embedded broker")
+    redis_url: str = _env_field("REDIS_URL", "", "Redis URL; empty starts the embedded server")
+    data_dir: Path = _env_field("RELEVO_DATA_DIR", Path(".relevo"), "logs and state of the embedded stack")
+    topic_prefix: str = _env_field("RELEVO_TOPIC_PREFIX", "", "prefix for every topic name")
+    partitions: int = _env_field("RELEVO_PARTITIONS", 4, "partitions of the event topics")
+    app_id: str = _env_field("RELEVO_APP_ID", "relevo", "Faust app id (consumer group)")
+    key_prefix: str = _env_field("RELEVO_KEY_PREFIX", "rv", "prefix of every Redis key")
+    api_host: str = _env_field("RELEVO_API_HOST", "127.0.0.1", "HTTP API bind address")
+    api_port: int = _env_field("RELEVO_API_PORT", 8000, "HTTP API port (0 picks a free one)")
+    api_keys: str = _env_field("RELEVO_API_KEYS", "dev-ingest-key", "comma-separated ingest API keys")
+    admin_keys: str = _env_field("RELEVO_ADMIN_KEYS", "dev-admin-key", "comma-separated admin API keys")
+    max_batch_bytes: int = _env_field("RELEVO_MAX_BATCH_BYTES", 4 * 1024 * 1024, "largest ingest body")
+    max_batch_events: int = _env_field("RELEVO_MAX_BATCH_EVENTS", 10_000, "most events in one ingest call")
+    max_event_bytes: int = _env_field("RELEVO_MAX_EVENT_BYTES", 64 * 1024, "largest single event")
+    dedupe_window_s: int = _env_field("RELEVO_DEDUPE_WINDOW_S", 3600, "how long event ids are remembered")
+    worker_batch: int = _env_field("RELEVO_WORKER_BATCH", 500, "most records the worker takes at once")
+    worker_batch_wait_s: float = _env_field("RELEVO_WORKER_BATCH_WAIT_S", 0.005, "longest wait to fill a batch")
+    session_timeout_s: float = _env_field("RELEVO_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout")
+    log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    def topic(self, name: str) -> str:
+        """The full name of a topic, with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.admin_keys.split(",") if k.strip())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+                raise ValueError(f"{f.metadata['env']} must be {noun}, got {raw!r}") from None
+        return cls(**values)
+
+    def with_servers(self, kafka: str, redis_url: str) -> Settings:
+        return replace(self, kafka_bootstrap_servers=kafka, redis_url=redis_url)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def describe() -> str:
+    """A table of every variable, for the README and ``relevo settings``."""
+    rows = [f"| `{f.metadata['env']}` | `{f.default}` | {f.metadata['doc']} |" for f in fields(Settings)]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])

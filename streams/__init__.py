@@ -1,0 +1,1 @@
+"""The stream side: event contracts, topics, the Faust app and its agents, replay."""

@@ -1,0 +1,24 @@
+"""What the worker does with a validated batch of events.
+
+The Faust agent stays a short loop: it decodes a batch of records, sends what
+fails validation to the DLQ, and hands the valid events to each processor in
+turn. A processor is plain Python, testable without Kafka.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from streams.events import Event
+
+
+class BatchProcessor(Protocol):
+    """One consumer of the validated event stream (features, drift, suggestions, …)."""
+
+    name: str
+
+    async def process(self, events: Sequence[Event]) -> None:
+        """Apply a batch. Must be idempotent per ``event_id``: batches are redelivered after a crash."""
+
+    async def close(self) -> None:
+        """Flush and release resources when the worker stops."""
