@@ -1,0 +1,1 @@
+"""Models: text encoder, catalog index, query understanding, ranker, suggestions, trainer, registry."""
