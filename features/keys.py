@@ -43,6 +43,11 @@ class Keys:
         return f"{self.prefix}:stats"
 
     @property
+    def workers(self) -> str:
+        """Hash of worker id → when it last finished joining the consumer group."""
+        return f"{self.prefix}:workers"
+
+    @property
     def clock(self) -> str:
         """The stream clock: the latest event time applied, in epoch ms."""
         return f"{self.prefix}:clock"

@@ -1,0 +1,112 @@
+"""The ``relevo`` command: one subcommand per job.
+
+    relevo demo            the whole system on the Trivago slice, with a summary
+    relevo up              embedded stack + worker + API, until Ctrl-C
+    relevo worker          one stream worker (needs KAFKA_BOOTSTRAP_SERVERS, REDIS_URL or `relevo up`)
+    relevo serve           the HTTP API
+    relevo replay DATASET  a dataset into Kafka
+    relevo settings        every environment variable and its default
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from relevo.settings import Settings, describe
+
+log = logging.getLogger("relevo")
+
+
+def _need_servers(settings: Settings, what: str) -> Settings:
+    from relevo.runtime import resolve
+
+    settings = resolve(settings)
+    if settings.embedded_kafka or settings.embedded_redis:
+        raise SystemExit(f"relevo {what}: no Kafka/Redis to talk to. Start `relevo up` in another "
+                         "terminal, or set KAFKA_BOOTSTRAP_SERVERS and REDIS_URL.")
+    return settings
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import run_worker
+
+    run_worker(_need_servers(settings, "worker"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.app import serve
+
+    serve(_need_servers(settings, "serve"))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from relevo.runtime import Runtime
+
+    with Runtime(settings, workers=args.workers) as runtime:
+        log.info("Relevo is up: API %s (docs %s/docs), Kafka %s, Redis %s. Ctrl-C stops everything.",
+                 runtime.api_url, runtime.api_url, runtime.settings.kafka_bootstrap_servers,
+                 runtime.settings.redis_url)
+        wait_for_interrupt(runtime)
+    return 0
+
+
+def wait_for_interrupt(runtime: Any) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(p.poll() is None for p in runtime.workers):
+            time.sleep(0.5)
+        log.error("a worker exited; see %s", runtime.logs)
+    except KeyboardInterrupt:
+        log.info("stopping")
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from relevo.demo import run_demo
+
+    return run_demo(settings, limit=args.limit, speed=args.speed, keep_running=args.keep_running)
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    sys.stdout.write(describe() + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streams.replay import register_cli as register_replay
+
+    parser = argparse.ArgumentParser(prog="relevo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run everything on the Trivago slice and print a summary")
+    demo.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    demo.add_argument("--speed", type=float, default=None, help="compress event time by this factor")
+    demo.add_argument("--keep-running", action="store_true", help="stay up after the summary")
+    demo.set_defaults(func=cmd_demo)
+    up = sub.add_parser("up", help="embedded stack + workers + API until Ctrl-C")
+    up.add_argument("--workers", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("worker", help="one stream worker").set_defaults(func=cmd_worker)
+    sub.add_parser("serve", help="the HTTP API").set_defaults(func=cmd_serve)
+    sub.add_parser("settings", help="environment variables and defaults").set_defaults(func=cmd_settings)
+    register_replay(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "replay":
+        settings = _need_servers(settings, "replay")
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

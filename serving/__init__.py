@@ -1,0 +1,1 @@
+"""The HTTP API: ingest, features, search, suggestions, alerts, models, health and metrics."""

@@ -1,0 +1,95 @@
+"""The HTTP API: one FastAPI app, its routers, and what they share (Redis, Kafka, settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from features.keys import Keys
+from features.store import OnlineStore
+from relevo import __version__
+from relevo.settings import Settings
+from serving import features, ingest, ops
+from streams.events import Event
+from streams.lag import consumer_lag
+from streams.producer import EventProducer
+from streams.topics import DLQ, event_topic
+
+log = logging.getLogger(__name__)
+
+
+class KafkaIngest:
+    """Where accepted events and edge rejects go: the event topics and the dead-letter topic."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = EventProducer(settings.kafka_bootstrap_servers,
+                                      lambda t: settings.topic(event_topic(t)), settings.partitions)
+        self.ready = False
+
+    async def start(self) -> None:
+        await self.producer.start()
+        self.ready = True
+
+    async def send(self, events: Iterable[Event]) -> None:
+        await self.producer.send(events)
+
+    async def dead_letter(self, raw: bytes, reason: str) -> None:
+        await self.producer.producer.send_and_wait(
+            self.settings.topic(DLQ), raw, headers=[("reason", reason.encode()), ("topic", b"api")])
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.producer.stop()
+
+
+class LagMonitor:
+    """Consumer lag refreshed in the background, so ``/metrics`` never waits on Kafka."""
+
+    def __init__(self, settings: Settings, every_s: float = 5.0) -> None:
+        self.settings, self.every_s, self.latest = settings, every_s, {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.latest = await consumer_lag(self.settings)
+            except Exception as exc:  # lag is advisory: log and keep serving
+                log.debug("consumer lag unavailable: %s", exc)
+            await asyncio.sleep(self.every_s)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        state.settings, state.keys = settings, Keys(settings.key_prefix)
+        state.redis = aioredis.Redis.from_url(settings.redis_url)
+        state.store = OnlineStore(state.redis, state.keys)
+        state.ingest = KafkaIngest(settings)
+        state.lag = LagMonitor(settings)
+        await state.ingest.start()
+        lag_task = asyncio.create_task(state.lag.run())
+        try:
+            yield
+        finally:
+            lag_task.cancel()
+            await state.ingest.stop()
+            await state.redis.aclose()
+
+    app = FastAPI(title="Relevo", version=__version__, lifespan=lifespan,
+                  description="Streaming personalization for e-commerce search.")
+    for module in (ops, ingest, features):
+        app.include_router(module.router)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                log_level=settings.log_level.lower(), access_log=False)

@@ -1,0 +1,81 @@
+"""Operations endpoints: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from relevo.stats import FRESHNESS_BUCKETS_MS, read_stats
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, response: Response) -> dict[str, Any]:
+    """Redis answers and the Kafka producer is connected."""
+    checks: dict[str, str] = {}
+    try:
+        await request.app.state.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        checks["redis"] = f"unavailable: {exc}"
+    checks["kafka"] = "ok" if request.app.state.ingest.ready else "connecting"
+    ready = all(v == "ok" for v in checks.values())
+    response.status_code = 200 if ready else 503
+    return {"ready": ready, "checks": checks}
+
+
+class StatsCollector(Collector):
+    """Exposes the worker statistics (kept in Redis) as Prometheus metrics."""
+
+    def __init__(self, stats: dict[str, Any], lag: dict[str, int]) -> None:
+        self.counters, self.lag = stats["counters"], lag
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        consumed = CounterMetricFamily("relevo_events_consumed", "valid events consumed", labels=["topic"])
+        records = CounterMetricFamily("relevo_records_consumed", "Kafka records consumed", labels=["topic"])
+        dlq = CounterMetricFamily("relevo_dlq_events", "events sent to the dead-letter topic",
+                                  labels=["reason"])
+        for field, value in self.counters.items():
+            kind, _, label = field.partition(":")
+            family = {"events": consumed, "records": records, "dlq": dlq}.get(kind)
+            if family is not None:
+                family.add_metric([label], value)
+        applied = CounterMetricFamily("relevo_feature_events_applied", "events applied to features")
+        applied.add_metric([], self.counters.get("events_applied", 0.0))
+        duplicates = CounterMetricFamily("relevo_duplicate_events", "redelivered or repeated event ids skipped")
+        duplicates.add_metric([], self.counters.get("events_duplicate", 0.0))
+        lag = GaugeMetricFamily("relevo_consumer_lag", "records waiting for the worker group", labels=["topic"])
+        for topic, value in self.lag.items():
+            lag.add_metric([topic], value)
+        yield from (consumed, records, dlq, applied, duplicates, lag, self._freshness())
+
+    def _freshness(self) -> HistogramMetricFamily:
+        cumulative, buckets = 0.0, []
+        for bound in FRESHNESS_BUCKETS_MS:
+            cumulative += self.counters.get(f"fresh_le_{bound}", 0.0)
+            buckets.append((str(bound / 1000), cumulative))
+        cumulative += self.counters.get("fresh_le_inf", 0.0)
+        buckets.append(("+Inf", cumulative))
+        family = HistogramMetricFamily("relevo_feature_freshness_seconds",
+                                       "record produced to features written")
+        family.add_metric([], buckets, self.counters.get("fresh_sum_ms", 0.0) / 1000)
+        return family
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(await read_stats(state.redis, state.keys), state.lag.latest))
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")

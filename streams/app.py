@@ -1,0 +1,85 @@
+"""The Faust app: its topics and its one agent, top to bottom.
+
+Every event topic feeds one agent, which takes records in batches (Faust's
+per-record cost is what limits a worker, so the work is done per batch) and
+hands them to the ``EventPipeline``. Scale out with partitions and worker
+processes; every update is idempotent, so at-least-once delivery is enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import faust
+import redis.asyncio as aioredis
+
+from features.keys import Keys
+from features.store import FeatureWriter
+from relevo.settings import Settings
+from relevo.stats import WorkerStats
+from streams.events import EVENT_TYPES
+from streams.pipeline import EventPipeline, Record
+from streams.processors import BatchProcessor
+from streams.topics import DLQ, event_topic
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, extra_processors: tuple[BatchProcessor, ...] = ()) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
+        stream_wait_empty=False,
+    )
+    topic_types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+    events = app.topic(*topic_types, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.topic(DLQ), key_serializer="raw", value_serializer="raw")
+
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    worker_id = f"{socket.gethostname()}-{os.getpid()}"
+
+    @app.on_rebalance_complete.connect
+    async def mark_ready(app: faust.App, **kwargs: object) -> None:
+        # The demo and the benchmarks wait for this before they measure freshness.
+        await redis.hset(keys.workers, worker_id, int(time.time() * 1000))
+
+    async def send_dlq(value: bytes, headers: dict[str, str]) -> None:
+        await dead_letters.send(value=value, headers={k: v.encode() for k, v in headers.items()})
+
+    @app.agent(events)
+    async def process_events(stream: faust.Stream) -> None:
+        processors = (FeatureWriter(redis, keys, settings.dedupe_window_s), *extra_processors)
+        pipeline = EventPipeline(processors, send_dlq, WorkerStats(redis, keys), topic_types,
+                                 settings.max_event_bytes)
+        log.info("worker ready: %s -> %s", ", ".join(topic_types), ", ".join(p.name for p in processors))
+        try:
+            async for batch in stream.take_events(settings.worker_batch, within=settings.worker_batch_wait_s):
+                await pipeline.handle([_record(event) for event in batch])
+        finally:
+            await pipeline.close()
+
+    return app
+
+
+def _record(event: faust.EventT) -> Record:
+    message = event.message
+    ts = message.timestamp
+    return Record(message.topic, event.value, int(ts * 1000) if ts else None, message.partition,
+                  message.offset)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker process until SIGINT/SIGTERM."""
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,94 @@
+"""What the worker does with a batch of Kafka records, testable without Kafka.
+
+Decode and validate every record; send what fails to the dead-letter topic with
+its original bytes and the reason; hand the valid events to each processor.
+Input can never crash the worker. When Redis is unreachable the batch is
+retried until it lands: acknowledging it would lose events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import redis.exceptions
+
+from relevo.stats import WorkerStats
+from streams.events import Event, Reject, decode_record, encode
+from streams.processors import BatchProcessor
+
+log = logging.getLogger(__name__)
+
+SendDLQ = Callable[[bytes, dict[str, str]], Awaitable[None]]
+RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class Record:
+    """The parts of a Kafka record the pipeline uses."""
+
+    topic: str
+    value: bytes
+    timestamp_ms: int | None = None
+    partition: int = -1
+    offset: int = -1
+
+
+class EventPipeline:
+    """Validate, dead-letter, process: one batch of records at a time."""
+
+    def __init__(self, processors: Sequence[BatchProcessor], send_dlq: SendDLQ, stats: WorkerStats,
+                 topic_types: dict[str, str], max_event_bytes: int = 64 * 1024,
+                 max_retry_wait_s: float = 5.0) -> None:
+        self.processors, self.send_dlq, self.stats = list(processors), send_dlq, stats
+        self.topic_types, self.max_event_bytes = topic_types, max_event_bytes
+        self.max_retry_wait_s = max_retry_wait_s
+
+    async def handle(self, records: Sequence[Record]) -> list[Event]:
+        events: list[Event] = []
+        per_topic: Counter[str] = Counter()
+        reasons: list[str] = []
+        for record in records:
+            valid, rejects = decode_record(record.value, self.topic_types.get(record.topic),
+                                           self.max_event_bytes)
+            events.extend(valid)
+            per_topic[record.topic] += len(valid)
+            for reject in rejects:
+                await self._dead_letter(reject, record)
+                reasons.append(reject.reason)
+        for processor in self.processors:
+            await self._run(processor, events)
+        await self._retrying(lambda: self.stats.record(
+            (r.topic for r in records), per_topic, reasons, (r.timestamp_ms for r in records)))
+        return events
+
+    async def _dead_letter(self, reject: Reject, record: Record) -> None:
+        await self.send_dlq(reject.raw, {"reason": reject.reason, "topic": record.topic,
+                                         "partition": str(record.partition), "offset": str(record.offset)})
+
+    async def _run(self, processor: BatchProcessor, events: list[Event]) -> None:
+        try:
+            await self._retrying(lambda: processor.process(events))
+        except Exception as exc:  # a bug on some input must not stop the stream or lose the events
+            log.exception("processor %s failed on a batch of %d events", processor.name, len(events))
+            reason = f"processing: {processor.name} failed: {exc!r:.200}"
+            for event in events:
+                await self.send_dlq(encode(event), {"reason": reason, "topic": f"events.{event['type']}"})
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
+        wait = 0.1
+        while True:
+            try:
+                return await call()
+            except RETRYABLE as exc:
+                log.warning("store unavailable (%s); retrying in %.1fs", exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.max_retry_wait_s)
+
+    async def close(self) -> None:
+        for processor in self.processors:
+            await processor.close()
+

@@ -1,0 +1,46 @@
+"""Topic names and their creation."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from relevo.settings import Settings
+from streams.events import EVENT_TYPES
+
+log = logging.getLogger(__name__)
+
+DLQ = "events.dlq"
+CATALOG = "catalog.items"
+TRAIN_BATCHES = "train.batches"
+MODEL_UPDATES = "model.updates"
+DRIFT_ALERTS = "drift.alerts"
+
+
+def event_topic(event_type: str) -> str:
+    return f"events.{event_type}"
+
+
+def all_topics(settings: Settings) -> list[str]:
+    names = [event_topic(t) for t in EVENT_TYPES] + [DLQ, CATALOG, TRAIN_BATCHES, MODEL_UPDATES, DRIFT_ALERTS]
+    return [settings.topic(n) for n in names]
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create every topic Relevo uses (event topics with ``settings.partitions`` partitions)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(name, settings.partitions, 1) for name in all_topics(settings)
+                  if name not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+            log.info("created topics %s", ", ".join(t.name for t in wanted))
+    finally:
+        await admin.close()
