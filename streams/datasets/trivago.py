@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from streams.events import Event, validate
 
@@ -103,21 +104,22 @@ def row_events(row: dict[str, Any], session_query: str) -> list[Event]:
     return [validate(search), validate(click)]
 
 
-def load(path: Path) -> pd.DataFrame:
-    """The log sorted in event-time order, with ``ts`` in ms unique enough to keep that order.
+def rows(path: Path) -> list[dict[str, Any]]:
+    """The log's rows in event-time order, with ``ts`` in ms unique enough to keep that order.
 
     Rows sharing a second get 2 ms apart (room for a clickout's search and click).
     """
     frame = pd.read_parquet(path, columns=COLUMNS).sort_values(["timestamp", "step"], kind="stable")
     within_second = frame.groupby("timestamp").cumcount().clip(upper=499)
     frame["ts"] = frame["timestamp"] * 1000 + 2 * within_second
-    return frame.reset_index(drop=True)
+    # Arrow turns the rows into Python dicts several times faster than DataFrame.to_dict.
+    return pa.Table.from_pandas(frame, preserve_index=False).to_pylist()
 
 
 def events(path: Path) -> Iterator[Event]:
     """Validated events from a Trivago log file (parquet), in event-time order."""
     session_queries: dict[str, str] = {}
-    for row in load(path).to_dict("records"):
+    for row in rows(path):
         if row["action_type"] in SEARCHES:
             session_queries[row["session_id"]] = row["reference"]
         yield from row_events(row, session_queries.get(row["session_id"], ""))
