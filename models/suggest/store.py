@@ -1,0 +1,129 @@
+"""The suggestion index in Redis: decayed query counts per scope under every prefix.
+
+Layout, under ``{prefix}:sugg``:
+
+- ``:sup`` — every query seen, scored by its decayed count of distinct sessions
+  (the support); capped at ``max_queries``.
+- ``:px:{scope}:{prefix}`` and ``:pxs:{scope}:{prefix}`` — the best queries
+  under a prefix, long- and short-half-life; scope is ``g``, ``r:{region}`` or
+  ``l:{locale}``; capped at ``per_prefix``.
+- ``:u:{user}`` — the user's own queries; ``:qc:{digest}`` — categories clicked
+  after a query; ``:sq:…`` — one count per (session, query); ``:seen:{event}``;
+  ``:s:{search_id}`` — a search remembered for the clicks that follow it.
+
+Each decayed set carries its forward-decay landmark in ``{key}~L``. Writes are one
+Lua call per batch (``update.lua``); a read is one Lua call (``candidates.lua``).
+The scripts build key names from this layout, so the index lives on one Redis
+node (not a cluster).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+
+import orjson
+import redis.asyncio as aioredis
+
+from features.keys import Keys, safe_id
+from models.suggest.config import DEFAULT_CONFIG, SuggestConfig
+from models.suggest.ranking import Candidate
+
+UPDATE_LUA = files("models.suggest").joinpath("update.lua").read_text()
+CANDIDATES_LUA = files("models.suggest").joinpath("candidates.lua").read_text()
+SCOPES = ("region", "locale", "global")
+DEFAULT_KEYS = Keys()
+
+
+@dataclass(frozen=True)
+class QueryEvent:
+    """One event as the index sees it: a normalised query and how much to add to it."""
+
+    event_id: str
+    ts: int
+    query: str
+    weight: float
+    is_search: bool
+    session_id: str
+    user_id: str
+    region: str
+    locale: str = ""
+    category: str = ""
+
+
+def prefixes(query: str, max_chars: int) -> list[str]:
+    """The prefixes a query is indexed under (none ends in a space: normalised input never does).
+
+    >>> prefixes("new york", 5)
+    ['n', 'ne', 'new', 'new y']
+    """
+    return [query[:n] for n in range(1, min(len(query), max_chars) + 1) if not query[n - 1].isspace()]
+
+
+def _scopes(region: str | None, locale: str | None) -> list[str]:
+    return ([f"r:{safe_id(region)}"] if region else []) + ([f"l:{safe_id(locale)}"] if locale else []) + ["g"]
+
+
+class SuggestionStore:
+    """Writes query events into the index and reads scored candidates back."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys = DEFAULT_KEYS,
+                 config: SuggestConfig = DEFAULT_CONFIG) -> None:
+        self.redis, self.config = redis, config
+        self.base = f"{keys.prefix}:sugg"
+        self._update = redis.register_script(UPDATE_LUA)
+        self._candidates = redis.register_script(CANDIDATES_LUA)
+        per_ms = math.log(2) / 1000
+        self._lambda_long = per_ms / config.long_half_life_s
+        self._lambda_short = per_ms / config.short_half_life_s
+
+    def search_key(self, search_id: str) -> str:
+        return f"{self.base}:s:{safe_id(search_id)}"
+
+    def payload(self, events: Sequence[QueryEvent]) -> bytes:
+        c = self.config
+        records = [
+            [f"{self.base}:seen:{safe_id(e.event_id)}", e.ts, int(e.is_search), safe_id(e.session_id),
+             e.weight, e.query, _scopes(e.region, e.locale), safe_id(e.user_id) if e.user_id else "",
+             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category]
+            for e in events
+        ]
+        return orjson.dumps({
+            "base": self.base, "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
+            "min_support": c.min_support, "per_prefix": c.per_prefix, "max_queries": c.max_queries,
+            "max_user_queries": c.max_user_queries, "max_categories": c.max_query_categories,
+            "ttl_s": c.ttl_s, "window_s": c.dedupe_window_s, "search_memory_s": c.search_memory_s,
+            "records": records,
+        })
+
+    async def apply(self, events: Sequence[QueryEvent], client: aioredis.Redis | None = None) -> None:
+        """Learn ``events``; pass a pipeline as ``client`` to send it with other commands."""
+        if events:
+            await self._update(args=[self.payload(events)], client=client)
+
+    async def candidates(self, prefix: str, region: str | None = None, locale: str | None = None,
+                         user_id: str | None = None, n: int = 20,
+                         categories: bool = False) -> tuple[int, list[Candidate]]:
+        """The stream clock (epoch ms) and the candidates under a normalised ``prefix``.
+
+        A prefix longer than the indexed ones is looked up by its indexed part and
+        the candidates filtered by the whole prefix.
+        """
+        scopes = _scopes(region, locale)
+        names = [name for name, present in zip(SCOPES, (region, locale, True), strict=True) if present]
+        indexed = prefix[: self.config.max_prefix_chars]
+        payload = orjson.dumps({
+            "base": self.base, "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
+            "scopes": scopes, "prefix_key": safe_id(indexed), "prefix": prefix,
+            "user": safe_id(user_id) if user_id else "", "n": n, "categories": categories,
+        })
+        out = orjson.loads(await self._candidates(args=[payload]))
+        found = []
+        for row in out["rows"] or []:
+            query, support, *scoped, user, cats = row
+            if query.startswith(prefix):
+                found.append(Candidate(query, support, dict(zip(names, scoped[0::2], strict=True)),
+                                       dict(zip(names, scoped[1::2], strict=True)), user, cats or {}))
+        return int(out["clock"]), found

@@ -1,0 +1,101 @@
+-- Learn a batch of query events into the suggestion index, atomically and idempotently.
+-- ARGV[1] is a JSON payload (see models/suggest/store.py: SuggestionStore.payload):
+--   base, lambda_long, lambda_short (per ms), min_support, per_prefix, max_queries,
+--   max_user_queries, max_categories, ttl_s, window_s, search_memory_s,
+--   records: {seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category}
+-- A record whose seen key exists is skipped whole, so a redelivered batch changes nothing.
+-- A search counts once per (session, query): one session cannot hammer a query up.
+-- Decayed sums use forward decay against a per-key landmark (key .. "~L"), so every
+-- update is a pure increment; a landmark is rebased before exp() leaves double range.
+local p = cjson.decode(ARGV[1])
+local base = p.base
+local REBASE = 200
+local EPSILON = 1e-9  -- exp(x) * exp(-x) is not exactly 1
+local landmarks, touched = {}, {}
+local applied, duplicates, latest_ts = 0, 0, 0
+
+local function landmark(key, ts, lambda)
+  local l = landmarks[key] or tonumber(redis.call("GET", key .. "~L"))
+  if not l then
+    redis.call("SET", key .. "~L", ts)
+    l = ts
+  elseif lambda * (ts - l) > REBASE then
+    local f = math.exp(-lambda * (ts - l))
+    local members = redis.call("ZRANGE", key, 0, -1, "WITHSCORES")
+    for i = 1, #members, 2 do
+      redis.call("ZADD", key, tonumber(members[i + 1]) * f, members[i])
+    end
+    redis.call("SET", key .. "~L", ts)
+    l = ts
+  end
+  landmarks[key] = l
+  return l
+end
+
+-- Add value to member of a decayed sorted set; return the member's decayed total at ts.
+local function add(key, member, value, ts, lambda, cap)
+  local l = landmark(key, ts, lambda)
+  local total = redis.call("ZINCRBY", key, value * math.exp(lambda * (ts - l)), member)
+  touched[key] = cap
+  return tonumber(total) * math.exp(-lambda * (ts - l))
+end
+
+local function support(query, ts)
+  local key = base .. ":sup"
+  local s = tonumber(redis.call("ZSCORE", key, query))
+  if not s then return 0 end
+  return s * math.exp(-p.lambda_long * (ts - landmark(key, ts, p.lambda_long)))
+end
+
+for _, r in ipairs(p.records) do
+  local seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category =
+    r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]
+  if redis.call("SET", seen_key, 1, "NX", "EX", p.window_s) then
+    applied = applied + 1
+    if ts > latest_ts then latest_ts = ts end
+    local digest = string.sub(redis.sha1hex(query), 1, 16)
+    local counts = true
+    local sup = 0
+    if is_search == 1 then
+      counts = redis.call("SET", base .. ":sq:" .. session .. ":" .. digest, 1, "NX",
+                          "EX", p.search_memory_s) ~= false
+      if counts then
+        sup = add(base .. ":sup", query, 1, ts, p.lambda_long, p.max_queries)
+      end
+    else
+      sup = support(query, ts)
+    end
+    if user ~= "" then
+      add(base .. ":u:" .. user, query, weight, ts, p.lambda_long, p.max_user_queries)
+    end
+    if counts and sup >= p.min_support - EPSILON then
+      for _, scope in ipairs(scopes) do
+        for _, prefix in ipairs(prefixes) do
+          add(base .. ":px:" .. scope .. ":" .. prefix, query, weight, ts, p.lambda_long, p.per_prefix)
+          add(base .. ":pxs:" .. scope .. ":" .. prefix, query, weight, ts, p.lambda_short, p.per_prefix)
+        end
+      end
+      if category ~= "" then
+        local ckey = base .. ":qc:" .. digest
+        if redis.call("HEXISTS", ckey, category) == 1 or redis.call("HLEN", ckey) < p.max_categories then
+          redis.call("HINCRBYFLOAT", ckey, category, weight)
+        end
+        redis.call("EXPIRE", ckey, p.ttl_s)
+      end
+    end
+  else
+    duplicates = duplicates + 1
+  end
+end
+
+for key, cap in pairs(touched) do
+  if redis.call("ZCARD", key) > cap then
+    redis.call("ZREMRANGEBYRANK", key, 0, -cap - 1)
+  end
+  redis.call("EXPIRE", key, p.ttl_s)
+  redis.call("EXPIRE", key .. "~L", p.ttl_s)
+end
+if latest_ts > (tonumber(redis.call("GET", base .. ":clock")) or 0) then
+  redis.call("SET", base .. ":clock", latest_ts)
+end
+return {applied, duplicates}

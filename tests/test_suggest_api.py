@@ -1,0 +1,61 @@
+"""``GET /v1/suggest`` on its own FastAPI app, against a real Redis."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from features.keys import Keys
+from models.suggest import SuggestConfig, SuggestionUpdater, SuggestService
+from serving.suggest import router
+
+T0 = 1_541_599_523_000
+
+
+class Affinity:
+    """A stand-in feature store holding one user's category affinity."""
+
+    async def user(self, user_id: str) -> dict | None:
+        return {"user_id": user_id, "categories": {"beach": 5.0}} if user_id == "surfer" else None
+
+
+@pytest.fixture
+async def client(redis_db, redis_url):
+    redis = aioredis.Redis.from_url(redis_url)
+    updater = SuggestionUpdater(redis, Keys("t"), SuggestConfig())
+    events = []
+    for i, (query, category) in enumerate([("porto", "city")] * 3 + [("portimao", "beach")] * 2):
+        common = {"ts": T0 + i, "user_id": f"u{i}", "session_id": f"s{i}", "region": "PT", "locale": "pt-PT"}
+        events += [{**common, "type": "search", "event_id": f"q{i}", "search_id": f"q{i}", "query": query},
+                   {**common, "type": "click", "event_id": f"c{i}", "search_id": f"q{i}", "item_id": "i",
+                    "kind": "click", "category": category}]
+    await updater.process(events)
+    app = FastAPI()
+    app.state.suggest = SuggestService(redis, Keys("t"), SuggestConfig(), features=Affinity())
+    app.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http:
+        yield http
+    await redis.aclose()
+
+
+async def test_suggest_ranks_and_explains(client) -> None:
+    body = (await client.get("/v1/suggest", params={"prefix": "PORT", "region": "PT"})).json()
+    assert body["prefix"] == "port" and body["as_of"] == T0 + 4
+    assert [s["query"] for s in body["suggestions"]] == ["porto", "portimao"]
+    assert "signals" not in body["suggestions"][0]
+
+    params = {"prefix": "port", "region": "PT", "user_id": "surfer", "explain": "true"}
+    found = {s["query"]: s for s in (await client.get("/v1/suggest", params=params)).json()["suggestions"]}
+    assert found["portimao"]["signals"]["intent"] > 0 == found["porto"]["signals"]["intent"]  # beach fan
+    for s in found.values():
+        assert s["score"] == pytest.approx(sum(s["signals"].values()), abs=1e-5)
+
+
+async def test_bad_requests_are_clear_4xx(client) -> None:
+    assert (await client.get("/v1/suggest")).status_code == 422
+    assert (await client.get("/v1/suggest", params={"prefix": "p", "k": 0})).status_code == 422
+    response = await client.get("/v1/suggest", params={"prefix": "p", "region": "F:R"})
+    assert response.status_code == 422 and response.json()["detail"]
+    assert (await client.get("/v1/suggest", params={"prefix": "   "})).json()["suggestions"] == []
