@@ -29,7 +29,11 @@ and a clickout's search precedes its click.
 (True, 1, 95.0, 1)
 >>> [e["kind"] for e in row_events({**row, "action_type": "interaction item image"}, "")]
 ['view']
+>>> [(e["query"], e["results"]) for e in row_events({**row, "action_type": "search for item"}, "")]
+[('7', ['7'])]
 >>> row_events({**row, "action_type": "filter selection"}, "")
+[]
+>>> row_events({**row, "reference": "unknown"}, "")
 []
 """
 
