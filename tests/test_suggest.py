@@ -71,6 +71,9 @@ async def test_minimum_support_counts_distinct_sessions(suggest) -> None:
     updater, service = suggest(SuggestConfig(min_support=1.5))
     await updater.process([search("lyon", "a", T0), search("lyon", "a", T0 + 1)])  # one session, twice
     assert await queries(service, "ly", region="FR") == []
+    assert await queries(service, "ly", region="FR", user_id="u-a") == ["lyon"]  # their own history
+    _, strict = suggest(SuggestConfig(min_support=1.5, own_history=False))
+    assert await queries(strict, "ly", region="FR", user_id="u-a") == []
     await updater.process([search("lyon", "b", T0 + 2)])
     assert await queries(service, "ly", region="FR") == ["lyon"]
 

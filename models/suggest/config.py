@@ -30,6 +30,7 @@ class SuggestConfig:
     blocklist: tuple[str, ...] = ()  # terms never suggested (whole words; substrings in CJK)
     # Decayed distinct sessions before a query is suggested: 1.5 is two sessions within a half-life.
     min_support: float = 1.5
+    own_history: bool = True  # suggest users their own past queries even below min_support
     max_prefix_chars: int = 12
     per_prefix: int = 32
     max_queries: int = 100_000

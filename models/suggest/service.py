@@ -53,6 +53,12 @@ class SuggestService:
         user = await self.features.user(user_id)
         return (user or {}).get("categories") or None
 
+    def _allowed(self, c: Candidate) -> bool:
+        # Only admitted queries (support once reached min_support) have popularity in the index.
+        indexed = c.support >= self.config.keep_support and any(c.popularity.values())
+        supported = indexed or (self.config.own_history and c.user > 0)
+        return supported and self.filter.allows(c.query)
+
     async def candidates(self, prefix: str, user_id: str | None = None, region: str | None = None,
                          locale: str | None = None, k: int = 10,
                          ) -> tuple[int, list[Candidate], Mapping[str, float] | None]:
@@ -62,7 +68,7 @@ class SuggestService:
             self.store.candidates(prefix, region, locale, user_id, n=min(2 * k, self.config.per_prefix),
                                   categories=self.features is not None and bool(user_id)),
             self._user_categories(user_id))
-        allowed = [c for c in found if c.support >= self.config.keep_support and self.filter.allows(c.query)]
+        allowed = [c for c in found if self._allowed(c)]
         return clock, allowed, categories
 
     async def suggest(self, prefix: str, user_id: str | None = None, region: str | None = None,
