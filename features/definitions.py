@@ -28,7 +28,7 @@ Entity = Literal["user", "session", "region", "item"]
 Aggregation = Literal["decayed", "latest", "count"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hashing: features are module constants, hashed per update
 class Feature:
     """One feature: what entity it describes, how it aggregates, how it ages and expires."""
 

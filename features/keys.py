@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+@lru_cache(maxsize=1 << 18)
 def safe_id(value: str) -> str:
     """``value`` as a key part that cannot collide or break the key layout."""
     if _SAFE.match(value):
@@ -35,8 +37,9 @@ class Keys:
     def entity(self, entity: str, entity_id: str, feature: str) -> str:
         return f"{self.prefix}:{entity}:{safe_id(entity_id)}:{feature}"
 
-    def seen(self, event_id: str) -> str:
-        return f"{self.prefix}:seen:{safe_id(event_id)}"
+    def seen(self, bucket: str) -> str:
+        """A set of event ids applied in one time bucket."""
+        return f"{self.prefix}:seen:{bucket}"
 
     @property
     def stats(self) -> str:

@@ -9,6 +9,7 @@ event time applied), so a replay of old data reads as it did at the time.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from features.batch import BatchUpdate
 from features.definitions import (
-    FEATURES,
     ITEM_COUNTS,
     REGION_ACTIVITY,
     REGION_CATEGORIES,
@@ -34,40 +35,57 @@ from features.definitions import (
     USER_SESSIONS,
     Feature,
 )
-from features.keys import Keys, safe_id
-from features.updates import bucket_price, updates
+from features.keys import Keys
+from features.updates import apply_event, bucket_price
 from streams.events import Event
 
 APPLY_LUA = files("features").joinpath("apply.lua").read_text()
-_INDEX = {f: i + 1 for i, f in enumerate(FEATURES)}  # Lua tables count from 1
-_DEFS = [[f.aggregation, f.half_life_s or 0, f.ttl_s, f.max_members or 0] for f in FEATURES]
 TOP_N = 50
+DEDUPE_BUCKETS = 12  # the window is covered by this many sets of event ids
 
 
 class FeatureWriter:
-    """The features processor: every batch of events becomes one atomic Redis script call."""
+    """The features processor: a batch of events becomes one atomic, idempotent Redis script call."""
 
     name = "features"
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, dedupe_window_s: int = 3600) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, dedupe_window_s: int = 3600,
+                 max_events_per_call: int = 2000) -> None:
         self.redis, self.keys, self.window_s = redis, keys, dedupe_window_s
+        self.max_events = max_events_per_call  # bounds how long Redis is busy with one script
         self._script = redis.register_script(APPLY_LUA)
 
-    def payload(self, events: Sequence[Event]) -> bytes:
-        key = self.keys.entity
-        batch = [
-            [safe_id(ev["event_id"]), ev["ts"],
-             [[_INDEX[u.feature], key(u.feature.entity, u.entity_id, u.feature.name), u.member, u.value]
-              for u in updates(ev)]]
-            for ev in events
-        ]
-        return orjson.dumps({"defs": _DEFS, "events": batch, "window_s": self.window_s,
-                             "seen_prefix": self.keys.seen(""), "clock_key": self.keys.clock,
-                             "stats_key": self.keys.stats})
+    def seen_keys(self, now_s: float) -> list[str]:
+        """The dedupe buckets that cover the window, newest first."""
+        size = max(1, self.window_s // DEDUPE_BUCKETS)
+        current = int(now_s) // size
+        return [self.keys.seen(f"b{current - i}") for i in range(DEDUPE_BUCKETS + 1)]
+
+    def payload(self, events: Sequence[Event], now_s: float) -> bytes:
+        batch = BatchUpdate()
+        for event in events:
+            apply_event(event, batch)
+        size = max(1, self.window_s // DEDUPE_BUCKETS)
+        return orjson.dumps({**batch.payload(self.keys), "ids": [e["event_id"] for e in events],
+                             "seen_keys": self.seen_keys(now_s), "window_s": self.window_s + size,
+                             "clock_key": self.keys.clock, "stats_key": self.keys.stats})
 
     async def process(self, events: Sequence[Event]) -> None:
-        if events:
-            await self._script(args=[self.payload(events)])
+        for start in range(0, len(events), self.max_events):
+            await self._apply(events[start:start + self.max_events])
+
+    async def _apply(self, events: Sequence[Event]) -> None:
+        unique = list({e["event_id"]: e for e in reversed(events)}.values())[::-1]
+        duplicates = len(events) - len(unique)
+        while unique:
+            status, detail = await self._script(args=[self.payload(unique, time.time())])
+            if status == b"applied":
+                break
+            seen = {s.decode() for s in detail}  # a redelivery: apply only what is new
+            duplicates += len(seen)
+            unique = [e for e in unique if e["event_id"] not in seen]
+        if duplicates:
+            await self.redis.hincrby(self.keys.stats, "events_duplicate", duplicates)
 
     async def close(self) -> None:
         """Nothing is buffered: every batch is in Redis when ``process`` returns."""

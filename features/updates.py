@@ -1,9 +1,13 @@
 """From an event to the feature updates it implies (pure: no Redis here).
 
->>> ups = updates({"type": "click", "event_id": "e1", "ts": 1_000, "user_id": "u1",
-...                "session_id": "s1", "region": "FR", "locale": "fr-FR", "item_id": "i9",
-...                "kind": "click", "price": 80.0})
->>> sorted({(u.feature.entity, u.feature.name) for u in ups})[:4]
+``apply_event`` tells an ``UpdateSink`` what changes; the sink decides how to
+keep it (``features.batch`` aggregates a whole batch before it reaches Redis).
+
+>>> sink = RecordingSink()
+>>> apply_event({"type": "click", "event_id": "e1", "ts": 1_000, "user_id": "u1",
+...              "session_id": "s1", "region": "FR", "locale": "fr-FR", "item_id": "i9",
+...              "kind": "click", "price": 80.0}, sink)
+>>> sorted({(f.entity, f.name) for _, f, *_ in sink.calls})[:4]
 [('item', 'counts'), ('region', 'activity'), ('region', 'items'), ('session', 'items')]
 >>> price_bucket(80.0), bucket_price("6.25")
 ('6.25', 76.1)
@@ -12,7 +16,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple
+from collections.abc import Sequence
+from typing import Protocol
 
 from features.definitions import (
     ITEM_COUNTS,
@@ -37,13 +42,37 @@ from models.normalize import normalize
 from streams.events import Event
 
 
-class Update(NamedTuple):
-    """Add ``value`` to ``member`` of ``feature`` of one entity (for ``latest``: the event time)."""
+class UpdateSink(Protocol):
+    """Receives the updates of events; one method per aggregation."""
 
-    feature: Feature
-    entity_id: str
-    member: str
-    value: float
+    def decayed(self, feature: Feature, entity_id: str, member: str, weight: float, ts: int) -> None: ...
+
+    def latest(self, feature: Feature, entity_id: str, member: str, ts: int) -> None: ...
+
+    def count(self, feature: Feature, entity_id: str, member: str, amount: int) -> None: ...
+
+    def count_each(self, feature: Feature, entity_ids: Sequence[str], member: str) -> None:
+        """Add 1 to ``member`` of every entity listed (a search's impressions)."""
+
+
+class RecordingSink:
+    """A sink that only records the calls: for tests and for explaining an event."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Feature, str, str, float]] = []
+
+    def decayed(self, feature: Feature, entity_id: str, member: str, weight: float, ts: int) -> None:
+        self.calls.append(("decayed", feature, entity_id, member, weight))
+
+    def latest(self, feature: Feature, entity_id: str, member: str, ts: int) -> None:
+        self.calls.append(("latest", feature, entity_id, member, ts))
+
+    def count(self, feature: Feature, entity_id: str, member: str, amount: int) -> None:
+        self.calls.append(("count", feature, entity_id, member, amount))
+
+    def count_each(self, feature: Feature, entity_ids: Sequence[str], member: str) -> None:
+        for entity_id in entity_ids:
+            self.count(feature, entity_id, member, 1)
 
 
 def price_bucket(price: float) -> str:
@@ -56,60 +85,57 @@ def bucket_price(bucket: str) -> float:
     return round(2 ** float(bucket), 1)
 
 
-def _user_side(event: Event, weight: float) -> Iterator[Update]:
+def _user_side(event: Event, weight: float, sink: UpdateSink) -> None:
     user, ts = event["user_id"], event["ts"]
-    yield Update(USER_SESSIONS, user, event["session_id"], ts)
-    yield Update(USER_REGIONS, user, event["region"], 1.0)
+    sink.latest(USER_SESSIONS, user, event["session_id"], ts)
+    sink.decayed(USER_REGIONS, user, event["region"], 1.0, ts)
     if event.get("locale"):
-        yield Update(USER_LOCALES, user, event["locale"], 1.0)
+        sink.decayed(USER_LOCALES, user, event["locale"], 1.0, ts)
     item = event.get("item_id")
     if item is None:
         return
-    yield Update(USER_ITEMS, user, item, weight)
-    yield Update(USER_RECENT_ITEMS, user, item, ts)
-    yield Update(SESSION_ITEMS, event["session_id"], item, ts)
+    sink.decayed(USER_ITEMS, user, item, weight, ts)
+    sink.latest(USER_RECENT_ITEMS, user, item, ts)
+    sink.latest(SESSION_ITEMS, event["session_id"], item, ts)
     if event.get("category"):
-        yield Update(USER_CATEGORIES, user, event["category"], weight)
+        sink.decayed(USER_CATEGORIES, user, event["category"], weight, ts)
     if event.get("price"):
-        yield Update(USER_PRICES, user, price_bucket(event["price"]), 1.0)
+        sink.decayed(USER_PRICES, user, price_bucket(event["price"]), 1.0, ts)
 
 
-def _item_counts(item: str, region: str, counter: str, amount: float) -> Iterator[Update]:
-    yield Update(ITEM_COUNTS, item, counter, amount)
-    yield Update(ITEM_COUNTS, item, f"{region}|{counter}", amount)
-
-
-def _search(event: Event) -> Iterator[Update]:
-    region = event["region"]
-    yield from _user_side(event, 0.0)
-    yield Update(REGION_ACTIVITY, region, "searches", 1.0)
+def _search(event: Event, sink: UpdateSink) -> None:
+    region, ts = event["region"], event["ts"]
+    _user_side(event, 0.0, sink)
+    sink.decayed(REGION_ACTIVITY, region, "searches", 1.0, ts)
     query = normalize(event.get("query", ""))
     if query:
-        yield Update(USER_RECENT_QUERIES, event["user_id"], query, event["ts"])
-        yield Update(REGION_QUERIES, region, query, 1.0)
+        sink.latest(USER_RECENT_QUERIES, event["user_id"], query, ts)
+        sink.decayed(REGION_QUERIES, region, query, 1.0, ts)
     results = event.get("results", ())
     if results:
-        yield Update(REGION_ACTIVITY, region, "impressions", float(len(results)))
-        for item in results:
-            yield from _item_counts(item, region, "impressions", 1.0)
+        sink.decayed(REGION_ACTIVITY, region, "impressions", float(len(results)), ts)
+        sink.count_each(ITEM_COUNTS, results, "impressions")
+        sink.count_each(ITEM_COUNTS, results, f"{region}|impressions")
 
 
-def _interaction(event: Event, kind: str, amount: float) -> Iterator[Update]:
-    region, item = event["region"], event["item_id"]
-    yield from _user_side(event, USER_WEIGHTS[kind])
-    yield Update(REGION_ACTIVITY, region, f"{kind}s", 1.0)
-    yield from _item_counts(item, region, f"{kind}s", amount)
+def _interaction(event: Event, kind: str, amount: int, sink: UpdateSink) -> None:
+    region, item, ts = event["region"], event["item_id"], event["ts"]
+    _user_side(event, USER_WEIGHTS[kind], sink)
+    sink.decayed(REGION_ACTIVITY, region, f"{kind}s", 1.0, ts)
+    sink.count(ITEM_COUNTS, item, f"{kind}s", amount)
+    sink.count(ITEM_COUNTS, item, f"{region}|{kind}s", amount)
     region_weight = REGION_WEIGHTS[kind]
     if region_weight:
-        yield Update(REGION_ITEMS, region, item, region_weight)
+        sink.decayed(REGION_ITEMS, region, item, region_weight, ts)
         if event.get("category"):
-            yield Update(REGION_CATEGORIES, region, event["category"], region_weight)
+            sink.decayed(REGION_CATEGORIES, region, event["category"], region_weight, ts)
 
 
-def updates(event: Event) -> list[Update]:
-    """Every feature update one validated event implies."""
+def apply_event(event: Event, sink: UpdateSink) -> None:
+    """Tell ``sink`` every feature update one validated event implies."""
     if event["type"] == "search":
-        return list(_search(event))
-    if event["type"] == "click":
-        return list(_interaction(event, event.get("kind", "click"), 1.0))
-    return list(_interaction(event, "purchase", float(event.get("quantity", 1))))
+        _search(event, sink)
+    elif event["type"] == "click":
+        _interaction(event, event.get("kind", "click"), 1, sink)
+    else:
+        _interaction(event, "purchase", event.get("quantity", 1), sink)

@@ -181,7 +181,7 @@ def validate(raw: Any, event_type: str | None = None) -> Event:
     for schema in (COMMON, SCHEMAS[declared]):
         for name, spec in schema.items():
             value = raw.get(name)
-            if value is None:
+            if value is None or (value == "" and spec.default == ""):
                 if spec.required:
                     raise InvalidEvent(f"{name}: required")
                 if spec.default is not None:

@@ -1,0 +1,84 @@
+"""A batch of feature updates, aggregated before it reaches Redis.
+
+Many events of a batch touch the same keys (a region's activity, a popular
+item's counters), so the batch sends each (key, member) once. Decayed weights
+are summed relative to the batch's latest event time ``t_ref``:
+``sum(w * 2 ** ((t - t_ref) / half_life))``; the Lua script rescales that to the
+key's landmark, which is the same sum as applying each event on its own.
+
+>>> from features.definitions import REGION_ACTIVITY, ITEM_COUNTS
+>>> b = BatchUpdate()
+>>> b.decayed(REGION_ACTIVITY, "FR", "searches", 1.0, 0)
+>>> b.decayed(REGION_ACTIVITY, "FR", "searches", 1.0, 86_400_000)  # one half-life later
+>>> b.count(ITEM_COUNTS, "i1", "clicks", 2)
+>>> p = b.payload(Keys("rv"))
+>>> p["t_ref"], p["groups"][1][1:]
+(86400000, ['rv:region:FR:activity', ['searches', 1.5]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from features.definitions import FEATURES, Feature
+from features.keys import Keys
+
+INDEX = {f: i + 1 for i, f in enumerate(FEATURES)}  # Lua tables count from 1
+DEFS = [[f.aggregation, f.half_life_s or 0, f.ttl_s, f.max_members or 0] for f in FEATURES]
+_LN2 = math.log(2)
+
+
+class BatchUpdate:
+    """An ``UpdateSink`` that sums a batch's updates per (feature, entity, member)."""
+
+    def __init__(self) -> None:
+        self.groups: defaultdict[tuple[Feature, str], dict[str, float]] = defaultdict(dict)
+        self.t_ref = 0
+        self._decayed: list[tuple[Feature, str, str, float, int]] = []
+        self._each: defaultdict[tuple[Feature, str], Counter[str]] = defaultdict(Counter)
+
+    def decayed(self, feature: Feature, entity_id: str, member: str, weight: float, ts: int) -> None:
+        # t_ref is only known at the end of the batch, so decayed updates wait until then.
+        self._decayed.append((feature, entity_id, member, weight, ts))
+        if ts > self.t_ref:
+            self.t_ref = ts
+
+    def latest(self, feature: Feature, entity_id: str, member: str, ts: int) -> None:
+        group = self.groups[(feature, entity_id)]
+        if ts > group.get(member, 0):
+            group[member] = ts
+
+    def count(self, feature: Feature, entity_id: str, member: str, amount: int) -> None:
+        group = self.groups[(feature, entity_id)]
+        group[member] = group.get(member, 0) + amount
+
+    def count_each(self, feature: Feature, entity_ids: Sequence[str], member: str) -> None:
+        # Impressions are most of a search's updates: count them in C, fold them in once.
+        self._each[(feature, member)].update(entity_ids)
+
+    def _fold(self) -> None:
+        groups = self.groups
+        for (feature, member), counts in self._each.items():
+            for entity_id, n in counts.items():
+                group = groups[(feature, entity_id)]
+                group[member] = group.get(member, 0) + n
+        self._each.clear()
+        t_ref = self.t_ref
+        for feature, entity_id, member, weight, ts in self._decayed:
+            group = groups[(feature, entity_id)]
+            value = weight * math.exp(_LN2 * (ts - t_ref) / 1000 / feature.half_life_s)
+            group[member] = group.get(member, 0.0) + value
+        self._decayed.clear()
+
+    def payload(self, keys: Keys) -> dict[str, object]:
+        """The update part of the Lua payload: ``[feature index, key, [member, value, ...]]`` rows."""
+        self._fold()
+        rows = []
+        for (feature, entity_id), members in self.groups.items():
+            flat: list[object] = []
+            for member, value in members.items():
+                flat += (member, value)
+            rows.append([INDEX[feature], keys.entity(feature.entity, entity_id, feature.name), flat])
+        return {"t_ref": self.t_ref, "defs": DEFS, "groups": rows}
