@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -9,6 +12,8 @@ from fastapi import FastAPI
 
 from features.keys import Keys
 from models.suggest import SuggestConfig, SuggestionUpdater, SuggestService
+from models.suggest.cli import register_cli
+from relevo.settings import Settings
 from serving.suggest import router
 
 T0 = 1_541_599_523_000
@@ -59,3 +64,19 @@ async def test_bad_requests_are_clear_4xx(client) -> None:
     response = await client.get("/v1/suggest", params={"prefix": "p", "region": "F:R"})
     assert response.status_code == 422 and response.json()["detail"]
     assert (await client.get("/v1/suggest", params={"prefix": "   "})).json()["suggestions"] == []
+
+
+def test_cli_prints_suggestions_per_prefix_and_region(redis_db, redis_url, capsys) -> None:
+    async def learn() -> None:
+        redis = aioredis.Redis.from_url(redis_url)
+        await SuggestionUpdater(redis, Keys("t")).process(
+            [{"type": "search", "event_id": f"q{i}", "search_id": f"q{i}", "ts": T0 + i, "user_id": f"u{i}",
+              "session_id": f"s{i}", "region": "PT", "query": "Lisboa"} for i in range(2)])
+        await redis.aclose()
+    asyncio.run(learn())
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["suggest", "LIS", "xyz", "--region", "PT"])
+    assert args.func(args, Settings(redis_url=redis_url, key_prefix="t")) == 0
+    out = capsys.readouterr().out
+    assert "| LIS | PT | lisboa |" in out and "| xyz | PT | — |" in out

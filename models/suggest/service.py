@@ -47,12 +47,6 @@ class SuggestService:
         self.filter = QueryFilter(config.blocklist)
         self.ranker = Ranker(weights, config.long_half_life_s, config.short_half_life_s)
 
-    async def _user_categories(self, user_id: str | None) -> Mapping[str, float] | None:
-        if self.features is None or not user_id:
-            return None
-        user = await self.features.user(user_id)
-        return (user or {}).get("categories") or None
-
     def _allowed(self, c: Candidate) -> bool:
         # Only admitted queries (support once reached min_support) have popularity in the index.
         indexed = c.support >= self.config.keep_support and any(c.popularity.values())
@@ -64,10 +58,15 @@ class SuggestService:
                          ) -> tuple[int, list[Candidate], Mapping[str, float] | None]:
         """Clock, the candidates under a normalised ``prefix`` that may be shown, and the user's
         category affinity (or None)."""
-        (clock, found), categories = await asyncio.gather(
-            self.store.candidates(prefix, region, locale, user_id, n=min(2 * k, self.config.per_prefix),
-                                  categories=self.features is not None and bool(user_id)),
-            self._user_categories(user_id))
+        personal = self.features is not None and bool(user_id)
+        read = self.store.candidates(prefix, region, locale, user_id, n=min(2 * k, self.config.per_prefix),
+                                     categories=personal)
+        categories = None
+        if personal:  # only then is the feature store read, concurrently: gather costs a loop turn
+            (clock, found), user = await asyncio.gather(read, self.features.user(user_id))
+            categories = (user or {}).get("categories") or None
+        else:
+            clock, found = await read
         allowed = [c for c in found if self._allowed(c)]
         return clock, allowed, categories
 
