@@ -9,9 +9,19 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
+from models.suggest.ranking import Suggestion
 from models.suggest.service import MAX_K, SuggestService
 
 router = APIRouter(prefix="/v1", tags=["suggest"])
+
+
+def _explain(s: Suggestion) -> dict[str, dict[str, float]]:
+    """The weighted signals, and the decayed counts (as of the stream clock) they came from."""
+    c = s.candidate
+    counts = {"support": c.support, "user": c.user, **c.popularity,
+              **{f"{scope}_recent": v for scope, v in c.recent.items()}}
+    return {"signals": {name: round(v, 6) for name, v in s.signals.items()},
+            "counts": {name: round(v, 6) for name, v in counts.items()}}
 
 
 @router.get("/suggest")
@@ -25,8 +35,7 @@ async def suggest(request: Request,
     """Completions of ``prefix`` ranked for the user, region and locale, best first."""
     service: SuggestService = request.app.state.suggest
     result = await service.suggest(prefix, user_id, region, locale, k)
-    items = [{"query": s.query, "score": round(s.score, 6),
-              **({"signals": {name: round(v, 6) for name, v in s.signals.items()}} if explain else {})}
-             for s in result.suggestions]
+    items = [{"text": s.text, "query": s.query, "score": round(s.score, 6),
+              **(_explain(s) if explain else {})} for s in result.suggestions]
     body = {"prefix": result.prefix, "as_of": result.as_of, "suggestions": items}
     return Response(orjson.dumps(body), media_type="application/json")

@@ -31,7 +31,7 @@ async def client(redis_db, redis_url):
     redis = aioredis.Redis.from_url(redis_url)
     updater = SuggestionUpdater(redis, Keys("t"), SuggestConfig())
     events = []
-    for i, (query, category) in enumerate([("porto", "city")] * 3 + [("portimao", "beach")] * 2):
+    for i, (query, category) in enumerate([("Porto", "city")] * 3 + [("Portimão", "beach")] * 2):
         common = {"ts": T0 + i, "user_id": f"u{i}", "session_id": f"s{i}", "region": "PT", "locale": "pt-PT"}
         events += [{**common, "type": "search", "event_id": f"q{i}", "search_id": f"q{i}", "query": query},
                    {**common, "type": "click", "event_id": f"c{i}", "search_id": f"q{i}", "item_id": "i",
@@ -49,11 +49,13 @@ async def test_suggest_ranks_and_explains(client) -> None:
     body = (await client.get("/v1/suggest", params={"prefix": "PORT", "region": "PT"})).json()
     assert body["prefix"] == "port" and body["as_of"] == T0 + 4
     assert [s["query"] for s in body["suggestions"]] == ["porto", "portimao"]
+    assert [s["text"] for s in body["suggestions"]] == ["Porto", "Portimão"]
     assert "signals" not in body["suggestions"][0]
 
     params = {"prefix": "port", "region": "PT", "user_id": "surfer", "explain": "true"}
     found = {s["query"]: s for s in (await client.get("/v1/suggest", params=params)).json()["suggestions"]}
     assert found["portimao"]["signals"]["intent"] > 0 == found["porto"]["signals"]["intent"]  # beach fan
+    assert found["porto"]["counts"]["support"] == pytest.approx(3, rel=1e-3)
     for s in found.values():
         assert s["score"] == pytest.approx(sum(s["signals"].values()), abs=1e-5)
 
@@ -79,4 +81,4 @@ def test_cli_prints_suggestions_per_prefix_and_region(redis_db, redis_url, capsy
     args = parser.parse_args(["suggest", "LIS", "xyz", "--region", "PT"])
     assert args.func(args, Settings(redis_url=redis_url, key_prefix="t")) == 0
     out = capsys.readouterr().out
-    assert "| LIS | PT | lisboa |" in out and "| xyz | PT | — |" in out
+    assert "| LIS | PT | Lisboa |" in out and "| xyz | PT | — |" in out

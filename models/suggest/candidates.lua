@@ -3,7 +3,7 @@
 --   base, lambda_long, lambda_short (per ms), scopes (e.g. {"r:FR", "l:fr-FR", "g"}),
 --   prefix_key (safe id of the prefix), prefix (normalised text), user (safe id or ""),
 --   n (candidates per source), categories (true to return each candidate's category counts)
--- Returns JSON {clock, rows}: row = {query, support, {long, short} per scope, user, categories}.
+-- Returns JSON {clock, rows}: row = {query, text, support, {long, short} per scope, user, categories}.
 -- Values are decayed to the stream clock, so they read as counts "now" in event time.
 local p = cjson.decode(ARGV[1])
 local base = p.base
@@ -55,12 +55,13 @@ end
 
 local rows = {}
 for _, q in ipairs(order) do
-  local row = {q, value(support, q)}
+  local digest = string.sub(redis.sha1hex(q), 1, 16)
+  local row = {q, redis.call("GET", base .. ":d:" .. digest) or q, value(support, q)}
   for _, s in ipairs(scoped) do table.insert(row, value(s, q)) end
   table.insert(row, user and value(user, q) or 0)
   local cats = {}
   if p.categories then
-    local h = redis.call("HGETALL", base .. ":qc:" .. string.sub(redis.sha1hex(q), 1, 16))
+    local h = redis.call("HGETALL", base .. ":qc:" .. digest)
     for i = 1, #h, 2 do cats[h[i]] = tonumber(h[i + 1]) end
   end
   table.insert(row, cats)

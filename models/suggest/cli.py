@@ -25,7 +25,7 @@ async def suggestion_table(service: SuggestService, prefixes: Sequence[str], reg
     for prefix in prefixes:
         for region in regions:
             result = await service.suggest(prefix, user_id, region, k=k)
-            found = " · ".join(s.query for s in result.suggestions) or "—"
+            found = " · ".join(s.text for s in result.suggestions) or "—"
             lines.append(f"| {prefix} | {region or 'any'} | {found} |")
     return "\n".join(lines)
 

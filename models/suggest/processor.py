@@ -10,6 +10,7 @@ or handled by another worker, still finds its query.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -25,6 +26,15 @@ from streams.events import Event
 
 log = logging.getLogger(__name__)
 LOCAL_SEARCHES = 20_000
+
+
+def as_typed(query: str) -> str:
+    """The query as shown back to users: width and spacing folded, case and accents kept.
+
+    >>> as_typed("  Ｓão   Paulo ")
+    'São Paulo'
+    """
+    return " ".join(unicodedata.normalize("NFKC", query).split())
 
 
 class SuggestionUpdater:
@@ -67,7 +77,7 @@ class SuggestionUpdater:
                 if query is None:
                     continue
                 update = QueryEvent(e["event_id"], e["ts"], query, weight, True, e["session_id"],
-                                    e["user_id"], e["region"], e.get("locale", ""))
+                                    e["user_id"], e["region"], e.get("locale", ""), text=as_typed(e["query"]))
                 searches[e["search_id"]] = remembered[e["search_id"]] = update
             elif (search := searches.get(e.get("search_id") or "")) is not None:
                 update = QueryEvent(e["event_id"], e["ts"], search.query, weight, False, e["session_id"],

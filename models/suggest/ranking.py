@@ -41,13 +41,16 @@ class Candidate:
     recent: Mapping[str, float] = field(default_factory=dict)
     user: float = 0.0
     categories: Mapping[str, float] = field(default_factory=dict)
+    text: str = ""  # as typed, for display; the normalised query when unknown
 
 
 @dataclass(frozen=True)
 class Suggestion:
-    query: str
+    query: str  # normalised
+    text: str  # as typed, for display
     score: float
     signals: Mapping[str, float]  # each weighted signal; they sum to score
+    candidate: Candidate  # the counts the signals came from
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,6 @@ class Ranker:
             signals = self.signals(c, user_categories)
             score = sum(signals.values())
             if score > 0:
-                scored.append(Suggestion(c.query, score, signals))
+                scored.append(Suggestion(c.query, c.text or c.query, score, signals, c))
         scored.sort(key=lambda s: (-s.score, s.query))
         return scored[:k]

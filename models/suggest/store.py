@@ -8,7 +8,8 @@ Layout, under ``{prefix}:sugg``:
   under a prefix, long- and short-half-life; scope is ``g``, ``r:{region}`` or
   ``l:{locale}``; capped at ``per_prefix``.
 - ``:u:{user}`` — the user's own queries; ``:qc:{digest}`` — categories clicked
-  after a query; ``:sq:…`` — one count per (session, query); ``:seen:{event}``;
+  after a query; ``:d:{digest}`` — the query as last typed, for display;
+  ``:sq:…`` — one count per (session, query); ``:seen:{event}``;
   ``:s:{search_id}`` — a search remembered for the clicks that follow it.
 
 Each decayed set carries its forward-decay landmark in ``{key}~L``. Writes are one
@@ -51,6 +52,7 @@ class QueryEvent:
     region: str
     locale: str = ""
     category: str = ""
+    text: str = ""  # the query as typed (searches only): what users are shown
 
 
 def prefixes(query: str, max_chars: int) -> list[str]:
@@ -87,7 +89,7 @@ class SuggestionStore:
         records = [
             [f"{self.base}:seen:{safe_id(e.event_id)}", e.ts, int(e.is_search), safe_id(e.session_id),
              e.weight, e.query, _scopes(e.region, e.locale), safe_id(e.user_id) if e.user_id else "",
-             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category]
+             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category, e.text]
             for e in events
         ]
         return orjson.dumps({
@@ -122,8 +124,8 @@ class SuggestionStore:
         out = orjson.loads(await self._candidates(args=[payload]))
         found = []
         for row in out["rows"] or []:
-            query, support, *scoped, user, cats = row
+            query, text, support, *scoped, user, cats = row
             if query.startswith(prefix):
                 found.append(Candidate(query, support, dict(zip(names, scoped[0::2], strict=True)),
-                                       dict(zip(names, scoped[1::2], strict=True)), user, cats or {}))
+                                       dict(zip(names, scoped[1::2], strict=True)), user, cats or {}, text))
         return int(out["clock"]), found

@@ -2,7 +2,8 @@
 -- ARGV[1] is a JSON payload (see models/suggest/store.py: SuggestionStore.payload):
 --   base, lambda_long, lambda_short (per ms), min_support, per_prefix, max_queries,
 --   max_user_queries, max_categories, ttl_s, window_s, search_memory_s,
---   records: {seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category}
+--   records: {seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text}
+-- (text: the query as typed, shown to users; query: its normalised form, the index key)
 -- A record whose seen key exists is skipped whole, so a redelivered batch changes nothing.
 -- A search counts once per (session, query): one session cannot hammer a query up.
 -- Decayed sums use forward decay against a per-key landmark (key .. "~L"), so every
@@ -48,8 +49,8 @@ local function support(query, ts)
 end
 
 for _, r in ipairs(p.records) do
-  local seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category =
-    r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]
+  local seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text =
+    r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
   if redis.call("SET", seen_key, 1, "NX", "EX", p.window_s) then
     applied = applied + 1
     if ts > latest_ts then latest_ts = ts end
@@ -74,6 +75,9 @@ for _, r in ipairs(p.records) do
           add(base .. ":px:" .. scope .. ":" .. prefix, query, weight, ts, p.lambda_long, p.per_prefix)
           add(base .. ":pxs:" .. scope .. ":" .. prefix, query, weight, ts, p.lambda_short, p.per_prefix)
         end
+      end
+      if text ~= "" then
+        redis.call("SET", base .. ":d:" .. digest, text, "EX", p.ttl_s)
       end
       if category ~= "" then
         local ckey = base .. ":qc:" .. digest
