@@ -65,6 +65,10 @@ async def test_normalisation_folds_case_accents_width_and_keeps_cjk(suggest) -> 
     assert await queries(service, "ｃａｆé ｄｅ", region="FR") == ["cafe de flore"]
     assert await queries(service, "東京", region="FR") == ["東京タワー"]
     assert await queries(service, "東", region="JP") == ["東京タワー"]  # other regions back off to global
+    await updater.process(sessions("ﾄｳｷｮｳ ｴｷ", 2) + sessions("Москва", 2) + sessions("Αθήνα", 2))
+    assert await queries(service, "トウキョウ", region="FR") == ["トウキョウ エキ"]  # half-width kana
+    assert await queries(service, "МОСК", region="FR") == ["москва"]
+    assert await queries(service, "αθη", region="FR") == ["αθηνα"]
 
 
 async def test_minimum_support_counts_distinct_sessions(suggest) -> None:
