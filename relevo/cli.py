@@ -22,11 +22,11 @@ from relevo.settings import Settings, describe
 log = logging.getLogger("relevo")
 
 
-def _need_servers(settings: Settings, what: str) -> Settings:
+def _need_servers(settings: Settings, what: str, redis: bool = True) -> Settings:
     from relevo.runtime import resolve
 
     settings = resolve(settings)
-    if settings.embedded_kafka or settings.embedded_redis:
+    if settings.embedded_kafka or (redis and settings.embedded_redis):
         raise SystemExit(f"relevo {what}: no Kafka/Redis to talk to. Start `relevo up` in another "
                          "terminal, or set KAFKA_BOOTSTRAP_SERVERS and REDIS_URL.")
     return settings
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "replay":
-        settings = _need_servers(settings, "replay")
+        settings = _need_servers(settings, "replay", redis=False)
     return args.func(args, settings)
 
 

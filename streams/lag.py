@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from relevo.settings import Settings
 from streams.events import EVENT_TYPES
@@ -13,23 +12,17 @@ from streams.topics import event_topic
 async def consumer_lag(settings: Settings) -> dict[str, int]:
     """Records produced but not yet committed by the worker group, per event topic."""
     topics = [settings.topic(event_topic(t)) for t in EVENT_TYPES]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
+    # A consumer that never subscribes does not join the group: it only reads the group's offsets.
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                group_id=settings.app_id, enable_auto_commit=False)
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        await consumer._client.force_metadata_update()
         partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(t, p) for t in topics
-                          for p in consumer.partitions_for_topic(t) or ()]
         ends = await consumer.end_offsets(partitions)
+        lag = dict.fromkeys(topics, 0)
+        for tp, end in ends.items():
+            lag[tp.topic] += max(0, end - (await consumer.committed(tp) or 0))
     finally:
         await consumer.stop()
-        await admin.close()
-    lag = dict.fromkeys(topics, 0)
-    for tp, end in ends.items():
-        done = committed.get(tp)
-        lag[tp.topic] += max(0, end - (done.offset if done and done.offset >= 0 else 0))
     return lag

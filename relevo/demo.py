@@ -1,0 +1,144 @@
+"""``relevo demo``: the whole system on real data, then a summary of what it did.
+
+Starts the embedded stack, a worker and the API; replays the Trivago slice into
+Kafka (plus a handful of deliberately broken records, to show the dead-letter
+path); waits for the worker to catch up; and prints what was ingested, what was
+rejected and why, processing lag, feature freshness, and the live features of
+the busiest user and region, read over the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from relevo.runtime import Runtime
+from relevo.settings import Settings
+from relevo.stats import read_stats
+from streams.datasets import open_dataset
+from streams.lag import consumer_lag
+from streams.producer import EventProducer
+from streams.replay import replay
+from streams.topics import event_topic
+
+log = logging.getLogger(__name__)
+
+BROKEN_RECORDS = [  # what a misbehaving shop sends: each must land in the DLQ with its reason
+    b"{this is not json",
+    b'{"event_id": "bad-1", "ts": 1541599523000, "user_id": "u", "session_id": "s", "region": "FR"}',
+    b'{"event_id": "bad-2", "ts": 99999999999999, "user_id": "u", "session_id": "s", "region": "FR",'
+    b' "item_id": "1"}',
+    b'{"event_id": "bad-3", "ts": "yesterday", "user_id": "u", "session_id": "s", "region": "FR",'
+    b' "item_id": "1"}',
+    b'[{"event_id": "bad-4", "ts": 1541599523000, "user_id": "' + b"x" * 300 + b'", "session_id": "s",'
+    b' "region": "FR", "item_id": "1"}]',
+]
+
+
+def run_demo(settings: Settings, limit: int | None = None, speed: float | None = None,
+             keep_running: bool = False) -> int:
+    settings = Settings(**{**settings.__dict__, "api_port": 0}) if settings.api_port == 8000 else settings
+    with Runtime(settings, workers=1) as runtime:
+        log.info("stack up: API %s; waiting for the worker to join its group", runtime.api_url)
+        runtime.wait_workers_ready()
+        events = list(open_dataset("trivago"))[:limit]
+        busiest_user = Counter(e["user_id"] for e in events).most_common(1)[0][0]
+        busiest_region = Counter(e["region"] for e in events).most_common(1)[0][0]
+        started = time.monotonic()
+        sent = asyncio.run(_send(runtime.settings, events, speed))
+        log.info("replayed %d events in %.1fs; waiting for the worker to apply them", len(events),
+                 time.monotonic() - started)
+        summary = asyncio.run(_wait_and_summarise(runtime, len(events) + 0, sent))
+        summary["elapsed_s"] = round(time.monotonic() - started, 1)
+        with httpx.Client(base_url=runtime.api_url, timeout=5) as api:
+            summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
+            summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
+        sys.stdout.write(render(summary))
+        if keep_running:
+            from relevo.cli import wait_for_interrupt
+
+            log.info("still running: API %s (docs at /docs). Ctrl-C stops everything.", runtime.api_url)
+            wait_for_interrupt(runtime)
+    return 0
+
+
+async def _send(settings: Settings, events: list[dict[str, Any]], speed: float | None) -> Counter[str]:
+    async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(event_topic(t)),
+                             settings.partitions) as producer:
+        stats = await replay(events, producer, speed=speed)
+        for raw in BROKEN_RECORDS:
+            await producer.send_raw(settings.topic(event_topic("click")), raw, b"demo")
+    return stats.sent
+
+
+async def _wait_and_summarise(runtime: Runtime, n_events: int, sent: Counter[str],
+                              timeout_s: float = 300.0) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    from features.keys import Keys
+
+    redis = aioredis.Redis.from_url(runtime.settings.redis_url)
+    keys = Keys(runtime.settings.key_prefix)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            stats = await read_stats(redis, keys)
+            done = stats["counters"].get("events_applied", 0) + stats["counters"].get("events_duplicate", 0)
+            dlq = sum(v for k, v in stats["counters"].items() if k.startswith("dlq:"))
+            if (done >= n_events and dlq >= len(BROKEN_RECORDS)) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        lag = await consumer_lag(runtime.settings)
+    finally:
+        await redis.aclose()
+    counters = stats["counters"]
+    return {
+        "sent": dict(sent),
+        "ingested": {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("events:")},
+        "applied": int(counters.get("events_applied", 0)),
+        "duplicates_skipped": int(counters.get("events_duplicate", 0)),
+        "dead_letters": {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("dlq:")},
+        "lag": lag,
+        "freshness_ms": stats["freshness_ms"],
+    }
+
+
+def _top(scores: dict[str, float], n: int = 5) -> str:
+    return ", ".join(f"{k} ({v:.2f})" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:n]) or "-"
+
+
+def render(s: dict[str, Any]) -> str:
+    user, region = s["busiest_user"], s["busiest_region"]
+    fresh = s["freshness_ms"]
+    lines = [
+        "",
+        "Relevo demo — Trivago slice",
+        "=" * 60,
+        f"events sent            {json.dumps(s['sent'])}",
+        f"events ingested        {json.dumps(s['ingested'])}",
+        f"applied to features    {s['applied']} (duplicates skipped: {s['duplicates_skipped']})",
+        f"dead-letter topic      {sum(s['dead_letters'].values())} records, by reason:",
+        *(f"    {n:>4}  {reason}" for reason, n in s["dead_letters"].items()),
+        f"consumer lag           {sum(s['lag'].values())} records",
+        f"feature freshness      p50 {fresh['p50']:.1f} ms, p99 {fresh['p99']:.1f} ms "
+        f"(produced -> written, {fresh['samples']} records)",
+        f"wall time              {s['elapsed_s']} s",
+        "",
+        f"busiest user {user.get('user_id')}: region {user.get('region')}, locale {user.get('locale')}, "
+        f"price band {user.get('price_band')}",
+        f"    top items       {_top(user.get('items', {}))}",
+        f"    session items   {', '.join(user.get('session_items', [])[:8]) or '-'}",
+        f"    recent queries  {', '.join(user.get('recent_queries', [])[:5]) or '-'}",
+        f"region {region.get('region')}: CTR per search {region.get('ctr', 0):.3f}",
+        f"    popular items   {_top(region.get('items', {}))}",
+        f"    popular queries {_top(region.get('queries', {}))}",
+        "",
+    ]
+    return "\n".join(lines)

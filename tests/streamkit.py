@@ -1,0 +1,109 @@
+"""Shared helpers of the stream tests: synthetic events, a running Relevo, feature snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from relevo.runtime import Runtime
+from relevo.settings import Settings
+from streams.producer import EventProducer
+
+T0 = 1_541_599_523_000
+
+
+def synthetic_events(n: int, seed: int = 7, users: int = 5, prefix: str = "e") -> list[dict]:
+    """Searches and clicks of a few users in two regions, one minute apart."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        user, region, ts = f"u{rng.randrange(users)}", rng.choice(["FR", "DE"]), T0 + i * 60_000
+        common = {"event_id": f"{prefix}{i}", "ts": ts, "user_id": user, "session_id": f"{user}-s{i // 40}",
+                  "region": region, "locale": "fr-FR" if region == "FR" else "de-DE"}
+        item = f"i{rng.randrange(12)}"
+        if rng.random() < 0.3:
+            events.append({**common, "type": "search", "search_id": f"q{i}", "query": "Hôtel Paris",
+                           "results": [f"i{rng.randrange(12)}" for _ in range(5)]})
+        else:
+            kind = rng.choice(["view", "click", "cart"])
+            events.append({**common, "type": "click", "item_id": item, "kind": kind,
+                           "category": f"c{int(item[1:]) % 3}", "price": 50.0 + rng.randrange(100)})
+    return events
+
+
+def expected_decayed(events: list[dict], as_of: int, entity_key: str, weights: dict[str, float],
+                     half_life_s: float) -> dict[tuple[str, str], float]:
+    """Plain-Python decayed interest of each (entity, item), straight from the definition."""
+    totals: dict[tuple[str, str], float] = {}
+    for ev in events:
+        if ev["type"] != "click" or not weights.get(ev["kind"]):
+            continue
+        k = (ev[entity_key], ev["item_id"])
+        age_s = (as_of - ev["ts"]) / 1000
+        totals[k] = totals.get(k, 0.0) + weights[ev["kind"]] * math.pow(2, -age_s / half_life_s)
+    return totals
+
+
+def send(settings: Settings, events: list[dict], per_record: int = 200) -> None:
+    async def go() -> None:
+        async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(f"events.{t}"),
+                                 partitions=settings.partitions, batch_events=per_record) as producer:
+            await producer.send(events)
+    asyncio.run(go())
+
+
+def wait_applied(client: redis.Redis, stats_key: str, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sum(int(client.hget(stats_key, f) or 0) for f in ("events_applied", "events_duplicate"))
+        if done >= n:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{n} events not applied within {timeout}s")
+
+
+def feature_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
+    """Every feature key under ``prefix`` (not the dedupe sets or stats), prefix stripped."""
+    snapshot: dict[str, object] = {}
+    for key in client.scan_iter(f"{prefix}:*"):
+        name = key.decode()[len(prefix) + 1:]
+        if name.split(":")[0] in ("seen", "stats", "workers", "clock") or name.endswith("~L"):
+            continue
+        kind = client.type(key).decode()
+        if kind == "zset":
+            snapshot[name] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
+        elif kind == "hash":
+            snapshot[name] = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
+    return snapshot
+
+
+def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, object]:
+    """The snapshot with decayed sums turned into values as of ``as_of`` (landmarks differ by run)."""
+    from features.definitions import FEATURES
+
+    half_lives = {(f.entity, f.name): f.half_life_s for f in FEATURES if f.half_life_s}
+    snap = feature_snapshot(client, prefix)
+    for name, members in snap.items():
+        entity, *_, feature = name.split(":")
+        if (entity, feature) in half_lives and isinstance(members, dict):
+            landmark = int(float(client.get(f"{prefix}:{name}~L")))
+            f = math.pow(2, (landmark - as_of) / 1000 / half_lives[(entity, feature)])
+            snap[name] = {m: v * f for m, v in members.items()}
+    return snap
+
+
+@contextmanager
+def running(tmp: Path, kafka: str, redis_url: str, app_id: str, prefix: str,
+            workers: int = 1) -> Iterator[Runtime]:
+    """A worker (no API) on the test's servers, with its own consumer group and key prefix."""
+    settings = Settings(kafka_bootstrap_servers=kafka, redis_url=redis_url, data_dir=tmp, app_id=app_id,
+                        key_prefix=prefix, topic_prefix=f"{app_id}.", partitions=2, session_timeout_s=6.0)
+    with Runtime(settings, workers=workers, api=False) as runtime:
+        yield runtime

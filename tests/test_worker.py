@@ -1,0 +1,148 @@
+"""The worker end to end: real broker, real Redis, worker processes started as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer
+
+from features.definitions import USER_ITEMS, USER_WEIGHTS
+from features.keys import Keys
+from features.store import FeatureWriter, OnlineStore
+from tests.streamkit import (
+    decayed_as_of,
+    expected_decayed,
+    running,
+    send,
+    synthetic_events,
+    wait_applied,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_features_from_kafka_match_a_plain_recomputation(tmp_path, kafka_bootstrap, redis_url) -> None:
+    events = synthetic_events(600, seed=11)
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-match", "m") as rt:
+        rt.wait_workers_ready()
+        send(rt.settings, events)
+        client = rt.redis()
+        wait_applied(client, Keys("m").stats, len(events))
+
+        async def read() -> dict:
+            import redis.asyncio as aioredis
+            r = aioredis.Redis.from_url(redis_url)
+            store = OnlineStore(r, Keys("m"))
+            users = {u: await store.user(u) for u in {e["user_id"] for e in events}}
+            await r.aclose()
+            return users
+        users = asyncio.run(read())
+    as_of = max(e["ts"] for e in events)
+    want = expected_decayed(events, as_of, "user_id", USER_WEIGHTS, USER_ITEMS.half_life_s)
+    for user, features in users.items():
+        assert features["as_of"] == as_of
+        expected = {i: v for (u, i), v in want.items() if u == user}
+        assert features["items"] == pytest.approx(expected, rel=1e-9)
+        touched = [e for e in events if e["user_id"] == user and e["type"] == "click"]
+        latest = sorted({e["item_id"]: e["ts"] for e in touched}.items(), key=lambda kv: -kv[1])
+        assert features["recent_items"] == [i for i, _ in latest][:20]
+
+
+def test_sigkill_mid_replay_leaves_every_feature_applied_once(tmp_path, kafka_bootstrap, redis_url) -> None:
+    events = synthetic_events(3000, seed=5, users=40)
+    client = redis.Redis.from_url(redis_url)
+
+    async def reference() -> None:
+        import redis.asyncio as aioredis
+        r = aioredis.Redis.from_url(redis_url)
+        await FeatureWriter(r, Keys("ref")).process(events)
+        await r.aclose()
+    asyncio.run(reference())
+
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-kill", "k") as rt:
+        rt.wait_workers_ready()
+        settings = rt.settings
+        # One event per record, so the worker is mid-stream when it dies.
+        send(settings, events, per_record=1)
+        deadline = time.monotonic() + 60
+        while int(client.hget("k:stats", "events_applied") or 0) < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(rt.workers[0].pid, signal.SIGKILL)
+        rt.workers[0].wait()
+        applied_at_kill = int(client.hget("k:stats", "events_applied") or 0)
+        assert 0 < applied_at_kill < len(events), "the kill must land mid-replay"
+        restarted = time.time() * 1000
+        rt.start_worker()
+        rt.wait_workers_ready(since_ms=int(restarted), timeout=90)
+        wait_applied(client, "k:stats", len(events), timeout=120)
+        time.sleep(0.5)
+
+    as_of = max(e["ts"] for e in events)
+    got, want = decayed_as_of(client, "k", as_of), decayed_as_of(client, "ref", as_of)
+    assert got.keys() == want.keys()
+    for key, members in want.items():
+        assert got[key] == pytest.approx(members, rel=1e-9), key
+    assert int(client.hget("k:stats", "events_applied")) == len(events)
+
+
+def test_malformed_records_go_to_the_dlq_and_the_worker_keeps_going(tmp_path, kafka_bootstrap,
+                                                                   redis_url) -> None:
+    good = synthetic_events(500, seed=2, prefix="g")
+    bad: list[bytes] = []
+    for i in range(1000):
+        kind = i % 5
+        if kind == 0:
+            bad.append(b"{broken json %d" % i)
+        elif kind == 1:
+            bad.append(orjson.dumps({**good[i % 500], "event_id": None}))
+        elif kind == 2:
+            bad.append(orjson.dumps({**good[i % 500], "event_id": f"b{i}", "ts": "soon"}))
+        elif kind == 3:
+            bad.append(orjson.dumps({**good[i % 500], "event_id": f"b{i}", "user_id": "u" * 500}))
+        else:
+            bad.append(orjson.dumps([1, 2, 3]))
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-dlq", "d") as rt:
+        rt.wait_workers_ready()
+        settings = rt.settings
+
+        async def produce() -> None:
+            from streams.producer import EventProducer
+            async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(f"events.{t}"),
+                                     partitions=2) as producer:
+                for i, raw in enumerate(bad):
+                    await producer.send_raw(f"{settings.topic_prefix}events.click", raw, b"k%d" % i)
+                    if i % 2 == 0:
+                        await producer.send([good[i // 2]])
+        asyncio.run(produce())
+        client = rt.redis()
+        wait_applied(client, "d:stats", len(good))
+        dead = asyncio.run(_read_dlq(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}events.dlq",
+                                     expected=1000 + 2 * 200))
+        assert rt.workers[0].poll() is None, "the worker must survive bad input"
+    reasons = {h["reason"] for _, h in dead}
+    assert any(r.startswith("malformed JSON") for r in reasons)
+    assert any(r.startswith("ts:") for r in reasons) and any(r.startswith("user_id:") for r in reasons)
+    originals = {v for v, _ in dead}
+    assert all(raw in originals for raw in bad if not raw.startswith(b"[1"))
+    assert int(client.hget("d:stats", "events_applied")) == len(good)
+
+
+async def _read_dlq(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, dict[str, str]]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[tuple[bytes, dict[str, str]]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(out) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out += [(r.value, {k: v.decode() for k, v in r.headers}) for r in records]
+    finally:
+        await consumer.stop()
+    return out
