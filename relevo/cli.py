@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run everything on the Trivago slice and print a summary")
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events")
-    demo.add_argument("--speed", type=float, default=None, help="compress event time by this factor")
+    demo.add_argument("--speed", type=float, default=2000.0,
+                      help="compress event time by this factor (2000: the two days in about a minute)")
     demo.add_argument("--keep-running", action="store_true", help="stay up after the summary")
     demo.set_defaults(func=cmd_demo)
     up = sub.add_parser("up", help="embedded stack + workers + API until Ctrl-C")

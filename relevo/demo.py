@@ -55,7 +55,7 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
         sent = asyncio.run(_send(runtime.settings, events, speed))
         log.info("replayed %d events in %.1fs; waiting for the worker to apply them", len(events),
                  time.monotonic() - started)
-        summary = asyncio.run(_wait_and_summarise(runtime, len(events) + 0, sent))
+        summary = asyncio.run(_wait_and_summarise(runtime, len(events), sent))
         summary["elapsed_s"] = round(time.monotonic() - started, 1)
         with httpx.Client(base_url=runtime.api_url, timeout=5) as api:
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
@@ -96,6 +96,10 @@ async def _wait_and_summarise(runtime: Runtime, n_events: int, sent: Counter[str
                 break
             await asyncio.sleep(0.5)
         lag = await consumer_lag(runtime.settings)
+        settle = time.monotonic() + 15  # offsets are committed every few seconds
+        while sum(lag.values()) and time.monotonic() < settle:
+            await asyncio.sleep(1)
+            lag = await consumer_lag(runtime.settings)
     finally:
         await redis.aclose()
     counters = stats["counters"]
@@ -111,7 +115,7 @@ async def _wait_and_summarise(runtime: Runtime, n_events: int, sent: Counter[str
 
 
 def _top(scores: dict[str, float], n: int = 5) -> str:
-    return ", ".join(f"{k} ({v:.2f})" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:n]) or "-"
+    return " | ".join(f"{k} ({v:.2f})" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:n]) or "-"
 
 
 def render(s: dict[str, Any]) -> str:
@@ -135,7 +139,7 @@ def render(s: dict[str, Any]) -> str:
         f"price band {user.get('price_band')}",
         f"    top items       {_top(user.get('items', {}))}",
         f"    session items   {', '.join(user.get('session_items', [])[:8]) or '-'}",
-        f"    recent queries  {', '.join(user.get('recent_queries', [])[:5]) or '-'}",
+        f"    recent queries  {' | '.join(user.get('recent_queries', [])[:5]) or '-'}",
         f"region {region.get('region')}: CTR per search {region.get('ctr', 0):.3f}",
         f"    popular items   {_top(region.get('items', {}))}",
         f"    popular queries {_top(region.get('queries', {}))}",

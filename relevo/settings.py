@@ -12,9 +12,9 @@ ValueError: RELEVO_PARTITIONS must be an integer, got 'many'
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 
 def _env_field(env: str, default: object, doc: str) -> object:

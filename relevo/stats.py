@@ -4,7 +4,7 @@ Counters live in one hash; feature freshness (record produced → features
 written) is kept as histogram buckets for Prometheus and as a capped list of
 recent samples for exact percentiles.
 
->>> bucket_field(3.2), bucket_field(5000)
+>>> bucket_field(3.2), bucket_field(6000)
 ('fresh_le_5', 'fresh_le_inf')
 >>> percentile([5, 1, 3, 2, 4], 0.5)
 3
@@ -12,6 +12,7 @@ recent samples for exact percentiles.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from features.keys import Keys
 
 FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 SAMPLES_KEPT = 10_000
+_NUMBER = re.compile(r"\d+")
 
 
 def bucket_field(ms: float) -> str:
@@ -63,8 +65,12 @@ class WorkerStats:
 
 
 def reason_kind(reason: str) -> str:
-    """The bounded label of a DLQ reason: the field it names, or its first words."""
-    return reason.split(":", 1)[0][:40]
+    """A DLQ reason as a bounded metric label: numbers masked, length capped.
+
+    >>> reason_kind("ts: 99999999999999 is more than a day in the future")
+    'ts: N is more than a day in the future'
+    """
+    return _NUMBER.sub("N", reason)[:60]
 
 
 async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:

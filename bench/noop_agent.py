@@ -1,0 +1,36 @@
+"""A Faust agent that does nothing with its records: the ceiling our worker is measured against.
+
+Run as ``python -m bench.noop_agent BOOTSTRAP TOPIC N OUT``: consumes N records
+and writes the seconds between the first and the Nth to OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import faust
+
+
+def main(bootstrap: str, topic: str, n: int, out: Path) -> None:
+    app = faust.App(f"noop-{topic}", broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
+                    consumer_auto_offset_reset="earliest", broker_session_timeout=6,
+                    broker_heartbeat_interval=2)
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source)
+    async def noop(stream: faust.Stream) -> None:
+        count, first = 0, 0.0
+        async for _ in stream:
+            count += 1
+            if count == 1:
+                first = time.perf_counter()
+            if count == n:
+                out.write_text(str(time.perf_counter() - first))
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
