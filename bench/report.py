@@ -37,8 +37,10 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 def record(title: str, command: str | None, table_md: str, notes: str = "") -> None:
     """Print the table and append it, with date, machine and command, to RESULTS.md."""
-    command = command or "python -m " + " ".join([sys.argv[0].replace("/", ".").removesuffix(".py"),
-                                                  *sys.argv[1:]])
+    if command is None:
+        main = sys.modules["__main__"]
+        module = main.__spec__.name if main.__spec__ else sys.argv[0]
+        command = " ".join(["python -m", module, *sys.argv[1:]])
     section = "\n".join([
         f"## {title}",
         "",

@@ -7,7 +7,8 @@ turn. A processor is plain Python, testable without Kafka.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from streams.events import Event
 

@@ -72,3 +72,18 @@ def test_health_readiness_and_metrics(api) -> None:
     text = api.get("/metrics").text
     assert "relevo_feature_freshness_seconds_bucket" in text
     assert "openapi" in api.get("/openapi.json").text
+
+
+def test_python_client_round_trip(api) -> None:
+    from serving.client import RelevoClient, RelevoError
+
+    client = RelevoClient.__new__(RelevoClient)
+    client.http = api  # the TestClient speaks httpx's interface
+    api.headers["X-API-Key"] = "dev-ingest-key"
+    assert client.send_events([click(9)])["accepted"] == 1
+    assert client.user("nobody") is None
+    assert client.features(users=["nobody"]) == {"users": {"nobody": None}, "regions": {}, "items": {}}
+    api.headers["X-API-Key"] = "wrong"
+    with pytest.raises(RelevoError, match="403"):
+        client.send_events([click(10)])
+    del api.headers["X-API-Key"]
