@@ -48,6 +48,7 @@ PREFIX_LENGTHS = (1, 2, 3, 4, 5)
 TOP_K = 10
 KEYS = Keys("bench")
 REDIS_URL_ENV = "BENCH_SUGGEST_REDIS_URL"
+FRESH_QUERIES = 50
 
 
 def typed_query(event: Event) -> bool:
@@ -59,6 +60,18 @@ def percentiles(samples_s: list[float]) -> tuple[float, float]:
     """p50 and p99 in milliseconds."""
     cuts = statistics.quantiles([s * 1000 for s in samples_s], n=100)
     return cuts[49], cuts[98]
+
+
+def summary(samples_s: list[float], cpu_s: float) -> tuple[float, float, float]:
+    """p50 and p99 after a tenth of warm-up, and CPU ms per request: CPU does not depend on
+    how loaded the machine is, wall time does."""
+    return (*percentiles(samples_s[len(samples_s) // 10:]), cpu_s / len(samples_s) * 1000)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Quality:
@@ -125,10 +138,11 @@ async def replay(updater: SuggestionUpdater, service: SuggestService, stream: It
 
 
 async def latency_in_process(service: SuggestService, redis: aioredis.Redis,
-                             requests: list[tuple[str, str, str]]) -> dict[str, tuple[float, float]]:
-    out: dict[str, tuple[float, float]] = {}
+                             requests: list[tuple[str, str, str]]) -> dict[str, tuple[float, float, float]]:
+    out: dict[str, tuple[float, float, float]] = {}
     for name in ("redis PING (floor)", "suggest, in process"):
         samples = []
+        cpu = time.process_time()
         for prefix, user, region in requests:
             start = time.perf_counter()
             if name.startswith("redis"):
@@ -136,7 +150,7 @@ async def latency_in_process(service: SuggestService, redis: aioredis.Redis,
             else:
                 await service.suggest(prefix, user, region)
             samples.append(time.perf_counter() - start)
-        out[name] = percentiles(samples[len(samples) // 10:])  # the first tenth warms up
+        out[name] = summary(samples, time.process_time() - cpu)
     return out
 
 
@@ -154,7 +168,8 @@ def http_app() -> FastAPI:
 
 
 def latency_http(redis_url: str, requests: list[tuple[str, str, str]],
-                 logdir: Path) -> dict[str, tuple[float, float]]:
+                 logdir: Path) -> dict[str, tuple[float, float, float]]:
+    """Client wall time per request, and the server's CPU per request."""
     port = free_port()
     log = logdir / "uvicorn.log"
     with open(log, "wb") as out:
@@ -164,10 +179,11 @@ def latency_http(redis_url: str, requests: list[tuple[str, str, str]],
             env={**os.environ, REDIS_URL_ENV: redis_url}, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc, "uvicorn", log)
-        out: dict[str, tuple[float, float]] = {}
+        out: dict[str, tuple[float, float, float]] = {}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             for name in ("empty route over HTTP (floor)", "GET /v1/suggest over HTTP"):
                 samples = []
+                cpu = process_cpu_s(proc.pid)
                 for prefix, user, region in requests:
                     start = time.perf_counter()
                     if name.startswith("empty"):
@@ -176,7 +192,7 @@ def latency_http(redis_url: str, requests: list[tuple[str, str, str]],
                         client.get("/v1/suggest", params={"prefix": prefix, "user_id": user,
                                                           "region": region}).raise_for_status()
                     samples.append(time.perf_counter() - start)
-                out[name] = percentiles(samples[len(samples) // 10:])
+                out[name] = summary(samples, process_cpu_s(proc.pid) - cpu)
         return out
     finally:
         proc.terminate()
@@ -184,11 +200,13 @@ def latency_http(redis_url: str, requests: list[tuple[str, str, str]],
 
 
 async def freshness(updater: SuggestionUpdater, service: SuggestService, clock: int,
-                    region: str, n: int = 50) -> tuple[list[float], int, int]:
-    """Seconds from a new query's searches reaching the updater to its first suggestion,
-    and the sessions a burst needs to reach the top 5 of its first letter (ours, global popularity)."""
+                    region: str, n: int = FRESH_QUERIES) -> tuple[tuple[float, float, float], int, int]:
+    """The time from a new query's searches reaching the updater to its first suggestion (as
+    ``summary``), and the sessions a burst needs to reach the top 5 of its first letter (ours,
+    global popularity)."""
     config = service.config
     waits = []
+    cpu = time.process_time()
     for i in range(n):
         query = f"zq{i:03d} fresh"
         start = time.perf_counter()
@@ -197,6 +215,7 @@ async def freshness(updater: SuggestionUpdater, service: SuggestService, clock: 
             if query in [x.query for x in (await service.suggest(query[:5], region=region)).suggestions]:
                 break
         waits.append(time.perf_counter() - start)
+    fresh = summary(waits, time.process_time() - cpu)
     burst = "nowhere trending"
     first_top5: dict[str, int] = {}
     popular = Ranker(GLOBAL_POPULARITY, config.long_half_life_s, config.short_half_life_s)
@@ -208,7 +227,7 @@ async def freshness(updater: SuggestionUpdater, service: SuggestService, clock: 
                 first_top5[name] = s
         if len(first_top5) == 2:
             break
-    return waits, first_top5.get("ours", 0), first_top5.get("global", 0)
+    return fresh, first_top5.get("ours", 0), first_top5.get("global", 0)
 
 
 def search_event(query: str, session: str, ts: int, region: str) -> Event:
@@ -247,13 +266,14 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
     if not args.no_http:
         figures |= latency_http(redis_url, requests, workdir)
     clock = int(await redis.get(f"{KEYS.prefix}:sugg:clock"))
-    waits, ours_sessions, global_sessions = await freshness(updater, service, clock, regions[0])
-    p50, p99 = percentiles(waits)
-    rows = [[name, len(requests) - len(requests) // 10, a, b] for name, (a, b) in figures.items()]
-    rows.append([f"new query → suggested (support {config.min_support})", len(waits), p50, p99])
+    fresh, ours_sessions, global_sessions = await freshness(updater, service, clock, regions[0])
+    rows = [[name, len(requests) - len(requests) // 10, *values] for name, values in figures.items()]
+    rows.append(["new query → suggested (updater to suggest)", FRESH_QUERIES - FRESH_QUERIES // 10, *fresh])
     record("Query suggestions: latency and freshness", None,
-           table(["what", "samples", "p50 ms", "p99 ms"], rows),
-           f"Freshness is measured from the updater (Kafka transit excluded). A burst of one new "
+           table(["what", "samples", "p50 ms", "p99 ms", "CPU ms/request"], rows),
+           f"CPU per request is the client's in process and the server's over HTTP. Freshness is "
+           f"measured from the updater (Kafka transit excluded); a new query needs support "
+           f"{config.min_support} (two sessions) before it is suggested to others. A burst of one new "
            f"session per second reached the top 5 under its first letter in {regions[0]} after "
            f"{ours_sessions} sessions with our ranking; the global-popularity baseline needed "
            f"{global_sessions or '>300'}. Load average during the run: "
