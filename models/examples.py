@@ -1,0 +1,140 @@
+"""Labelled ranking examples: each search joined with what followed it.
+
+A search becomes a pending example the moment it arrives, with its features
+snapshotted from ``ContextState`` *before* any later event is applied (point in
+time: its own clicks are never in its features). Clicks, carts and purchases
+that follow it raise the grade of the item they name, matched by
+``search_id``, else by session and item within ``join_window_s``. Once the
+stream clock (event time) passes the search time plus ``wait_s`` the example is
+final and goes into a batch; batches leave through ``emit`` by size or age.
+
+>>> import asyncio
+>>> batches = []
+>>> async def emit(batch): batches.append(batch)
+>>> builder = ExamplesBuilder(emit, wait_s=0, batch_size=1)
+>>> base = {"ts": 1_000, "session_id": "s", "user_id": "u", "region": "FR"}
+>>> asyncio.run(builder.process([
+...     {**base, "type": "search", "event_id": "1", "search_id": "q1", "results": ["a", "b"]},
+...     {**base, "type": "click", "event_id": "2", "item_id": "b", "kind": "cart", "search_id": "q1"},
+...     {**base, "type": "click", "event_id": "3", "ts": 2_000, "item_id": "a", "kind": "view"}]))
+>>> batches[0][0]["items"], batches[0][0]["labels"]
+(['a', 'b'], [1, 3])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.context import GRADES, ContextState
+from streams.events import Event
+
+log = logging.getLogger(__name__)
+
+Example = dict[str, Any]
+Emit = Callable[[list[Example]], Awaitable[None]]
+
+
+@dataclass
+class _Pending:
+    example: Example
+    session_id: str
+    labels: list[int] = field(default_factory=list)
+
+
+class ExamplesBuilder:
+    """A ``BatchProcessor`` turning searches and their outcomes into labelled lists."""
+
+    name = "examples"
+
+    def __init__(self, emit: Emit, *, wait_s: float = 60.0, join_window_s: float = 1800.0,
+                 batch_size: int = 256, batch_age_s: float = 5.0, state: ContextState | None = None,
+                 remember_events: int = 200_000) -> None:
+        self.emit = emit
+        self.wait_ms = int(wait_s * 1000)
+        self.join_window_ms = int(join_window_s * 1000)
+        self.batch_size = batch_size
+        self.batch_age_s = batch_age_s
+        self.state = state or ContextState()
+        self.clock = 0  # the stream clock: latest event time seen
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by search_id, in arrival order
+        self._by_session: dict[str, list[str]] = {}  # session -> its pending search ids
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember_events
+        self._batch: list[Example] = []
+        self._batch_started = 0.0
+
+    async def process(self, events: Sequence[Event]) -> None:
+        """Apply a batch in event-time order; redelivered event ids are ignored."""
+        for event in sorted(events, key=lambda e: e["ts"]):
+            if event["event_id"] in self._seen:
+                continue
+            self._seen[event["event_id"]] = None
+            if len(self._seen) > self._remember:
+                self._seen.popitem(last=False)
+            self.clock = max(self.clock, event["ts"])
+            if event["type"] == "search":
+                self._open(event)
+            else:
+                self._label(event)
+            self.state.observe(event)
+        self._finalise(self.clock - self.wait_ms)
+        await self._flush(force=False)
+
+    async def close(self) -> None:
+        """Finalise every pending search and emit what is left."""
+        self._finalise(None)
+        await self._flush(force=True)
+
+    def _open(self, search: Event) -> None:
+        results = list(search.get("results", ()))
+        if len(results) < 2:  # a single result teaches nothing about order
+            return
+        example = {key: search.get(key) for key in ("search_id", "ts", "user_id", "session_id",
+                                                    "region", "locale", "query")}
+        example.update(items=results, features=self.state.features(search))
+        self._pending[search["search_id"]] = _Pending(example, search["session_id"], [0] * len(results))
+        self._by_session.setdefault(search["session_id"], []).append(search["search_id"])
+
+    def _label(self, event: Event) -> None:
+        grade = GRADES[event.get("kind", "click") if event["type"] == "click" else "purchase"]
+        pending = self._pending.get(event.get("search_id") or "")
+        if pending is None:  # no search id: the latest open search of this session that showed the item
+            for search_id in reversed(self._by_session.get(event["session_id"], [])):
+                candidate = self._pending[search_id]
+                if (event["item_id"] in candidate.example["items"]
+                        and 0 <= event["ts"] - candidate.example["ts"] <= self.join_window_ms):
+                    pending = candidate
+                    break
+        if pending is None or event["item_id"] not in pending.example["items"]:
+            return
+        for i, item in enumerate(pending.example["items"]):
+            if item == event["item_id"]:
+                pending.labels[i] = max(pending.labels[i], grade)
+
+    def _finalise(self, until_ts: int | None) -> None:
+        """Move searches older than ``until_ts`` (all when None) into the outgoing batch."""
+        while self._pending:
+            search_id, pending = next(iter(self._pending.items()))
+            if until_ts is not None and pending.example["ts"] > until_ts:
+                break
+            del self._pending[search_id]
+            session = self._by_session[pending.session_id]
+            session.remove(search_id)
+            if not session:
+                del self._by_session[pending.session_id]
+            if not self._batch:
+                self._batch_started = time.monotonic()
+            self._batch.append({**pending.example, "labels": pending.labels})
+
+    async def _flush(self, force: bool) -> None:
+        while self._batch and (force or len(self._batch) >= self.batch_size
+                               or time.monotonic() - self._batch_started >= self.batch_age_s):
+            batch, self._batch = self._batch[: self.batch_size], self._batch[self.batch_size:]
+            self._batch_started = time.monotonic()
+            log.debug("emitting %d examples", len(batch))
+            await self.emit(batch)

@@ -1,0 +1,146 @@
+"""The learned ranker: context features, hashed ids and optional text similarity, in torch.
+
+Ids (item, region, user) are hashed into fixed tables, so there is no
+vocabulary to grow or ship. Text enters as frozen encoder vectors: the query
+goes through a small residual adapter (zero at start) and is compared with the
+item vector, so refreshing the model never re-encodes the catalog.
+
+>>> ranker = Ranker(RankerConfig(item_buckets=64, user_buckets=16, region_buckets=8))
+>>> example = {"items": ["a", "b"], "region": "FR", "user_id": "u",
+...            "features": [[0.0] * len(FEATURES), [1.0] * len(FEATURES)], "labels": [0, 2]}
+>>> ranker.scores(example).shape
+torch.Size([2])
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.context import FEATURES
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bucket(kind: str, value: str, buckets: int) -> int:
+    """A stable hash bucket (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(f"{kind}:{value}".encode()) % buckets
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Sizes of the ranker; stored with every published version."""
+
+    features: int = len(FEATURES)
+    hidden: int = 32
+    id_dim: int = 8
+    item_buckets: int = 1 << 15
+    user_buckets: int = 1 << 12
+    region_buckets: int = 256
+    text_dim: int = 0  # 0: no text tower
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Batch:
+    """Lists padded to one length: features [B, L, F], mask [B, L], ids, labels, optional text."""
+
+    features: torch.Tensor
+    mask: torch.Tensor
+    items: torch.Tensor
+    regions: torch.Tensor
+    users: torch.Tensor
+    labels: torch.Tensor
+    query_vecs: torch.Tensor | None = None
+    item_vecs: torch.Tensor | None = None
+
+    def to(self, where: str) -> Batch:
+        return Batch(*(t.to(where) if t is not None else None for t in vars(self).values()))
+
+
+def collate(examples: Sequence[dict[str, Any]], config: RankerConfig) -> Batch:
+    """Pad examples (dicts from ``ExamplesBuilder``) into one ``Batch``."""
+    size, width = max(len(e["items"]) for e in examples), config.features
+    features = torch.zeros(len(examples), size, width)
+    mask = torch.zeros(len(examples), size, dtype=torch.bool)
+    items = torch.zeros(len(examples), size, dtype=torch.long)
+    labels = torch.zeros(len(examples), size)
+    text = config.text_dim > 0 and all("query_vec" in e for e in examples)
+    query_vecs = torch.zeros(len(examples), config.text_dim) if text else None
+    item_vecs = torch.zeros(len(examples), size, config.text_dim) if text else None
+    for b, e in enumerate(examples):
+        n = len(e["items"])
+        features[b, :n] = torch.tensor(e["features"], dtype=torch.float32)
+        mask[b, :n] = True
+        items[b, :n] = torch.tensor([bucket("item", i, config.item_buckets) for i in e["items"]])
+        labels[b, :n] = torch.tensor(e.get("labels") or [0] * n, dtype=torch.float32)
+        if text:
+            query_vecs[b] = torch.tensor(e["query_vec"])
+            item_vecs[b, :n] = torch.tensor(e["item_vecs"])
+    regions = torch.tensor([bucket("region", e.get("region") or "", config.region_buckets) for e in examples])
+    users = torch.tensor([bucket("user", e.get("user_id") or "", config.user_buckets) for e in examples])
+    return Batch(features, mask, items, regions, users, labels, query_vecs, item_vecs)
+
+
+class Ranker(nn.Module):
+    """Scores every item of a list; higher is better."""
+
+    def __init__(self, config: RankerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or RankerConfig()
+        text_inputs = 1 if config.text_dim else 0
+        self.head = nn.Sequential(nn.Linear(config.features + text_inputs, config.hidden), nn.ReLU(),
+                                  nn.Linear(config.hidden, config.hidden), nn.ReLU(),
+                                  nn.Linear(config.hidden, 1))
+        self.item = nn.Embedding(config.item_buckets, config.id_dim)
+        self.item_bias = nn.Embedding(config.item_buckets, 1)
+        self.region = nn.Embedding(config.region_buckets, config.id_dim)
+        self.user = nn.Embedding(config.user_buckets, config.id_dim)
+        for table in (self.item, self.item_bias, self.region, self.user):
+            nn.init.normal_(table.weight, std=0.01)
+        if config.text_dim:
+            self.adapter = nn.Linear(config.text_dim, config.text_dim)
+            nn.init.zeros_(self.adapter.weight)
+            nn.init.zeros_(self.adapter.bias)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        inputs = batch.features
+        if self.config.text_dim:
+            similarity = torch.zeros(inputs.shape[:2], device=inputs.device)
+            if batch.query_vecs is not None:
+                query = batch.query_vecs + self.adapter(batch.query_vecs)
+                similarity = torch.cosine_similarity(query.unsqueeze(1), batch.item_vecs, dim=-1)
+            inputs = torch.cat([inputs, similarity.unsqueeze(-1)], dim=-1)
+        context = (self.region(batch.regions) + self.user(batch.users)).unsqueeze(1)
+        ids = (self.item(batch.items) * context).sum(-1) + self.item_bias(batch.items).squeeze(-1)
+        scores = self.head(inputs).squeeze(-1) + ids
+        return scores.masked_fill(~batch.mask, float("-inf"))
+
+    @torch.no_grad()
+    def scores(self, example: dict[str, Any]) -> torch.Tensor:
+        """Scores of one list (an example or a search with ``features``), on the CPU."""
+        self.eval()
+        where = next(self.parameters()).device
+        return self(collate([example], self.config).to(str(where)))[0].cpu()
+
+
+def listwise_loss(scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Softmax cross-entropy against the graded labels (2^grade - 1, normalised).
+
+    Lists without any positive label carry no ranking signal and are skipped.
+    """
+    gains = (2.0 ** batch.labels - 1.0) * batch.mask
+    total = gains.sum(-1, keepdim=True)
+    useful = total.squeeze(-1) > 0
+    if not useful.any():
+        return scores.new_zeros((), requires_grad=True)
+    target = gains[useful] / total[useful]
+    log_probs = torch.log_softmax(scores[useful], dim=-1).masked_fill(~batch.mask[useful], 0.0)
+    return -(target * log_probs).sum(-1).mean()

@@ -1,0 +1,151 @@
+"""Incremental training: evaluate, fine-tune, gate, publish.
+
+``Trainer.update(batch)`` is one learning step of the loop:
+
+1. **prequential evaluation** — the serving model scores the new examples
+   before it has learned from them (MRR, NDCG@10, log-loss);
+2. a few examples go to a **hold-out** that is never trained on;
+3. a copy of the model is **fine-tuned** on the rest plus a sample of the
+   bounded **replay buffer** (so it does not forget older traffic);
+4. the **gate** compares the candidate with the serving model on the recent
+   hold-out and refuses to publish a worse one;
+5. the candidate is **published** to the registry with its parent, data window
+   and figures.
+
+The last published version is the checkpoint: a new ``Trainer`` on the same
+registry resumes from the serving version, and an update that dies half way
+leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models.metrics import evaluate
+from models.ranker import Ranker, RankerConfig, collate, device, listwise_loss
+from models.registry import ModelVersion, Registry
+
+log = logging.getLogger(__name__)
+
+Example = dict[str, Any]
+
+
+@dataclass
+class UpdateReport:
+    """What one update did, for logs, ``model.updates`` and benchmarks."""
+
+    examples: int
+    prequential: dict[str, float]
+    published: ModelVersion | None = None
+    refused: str | None = None
+    trained: int = 0
+    train_seconds: float = 0.0
+    holdout: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.trained / self.train_seconds if self.train_seconds else 0.0
+
+
+class Trainer:
+    """Fine-tunes the ranker on each batch of examples and publishes what passes the gate."""
+
+    def __init__(self, registry: Registry, config: RankerConfig | None = None, *, device: str = device,
+                 lr: float = 3e-3, epochs: int = 2, minibatch: int = 32, replay_size: int = 20_000,
+                 replay_ratio: float = 1.0, holdout_every: int = 10, holdout_size: int = 500,
+                 gate_tolerance: float = 0.01, seed: int = 0) -> None:
+        self.registry = registry
+        self.config = config or RankerConfig()
+        self.device = device
+        self.lr, self.epochs, self.minibatch = lr, epochs, minibatch
+        self.replay: deque[Example] = deque(maxlen=replay_size)
+        self.replay_ratio = replay_ratio
+        self.holdout: deque[Example] = deque(maxlen=holdout_size)
+        self.holdout_every = holdout_every
+        self.gate_tolerance = gate_tolerance
+        self.random = random.Random(seed)
+        torch.manual_seed(seed)
+        self.version: int | None = None
+        self.model = Ranker(self.config).to(device)
+        self._seen = 0
+        self.resume()
+
+    def resume(self) -> None:
+        """Continue from the registry's serving version (after a crash, a restart or a rollback)."""
+        serving = self.registry.current()
+        if serving is not None and serving != self.version:
+            self.model = self.registry.load(serving, self.device)
+            self.config = self.model.config
+            self.version = serving
+            log.info("trainer resumes from model v%d", serving)
+
+    def update(self, batch: Sequence[Example]) -> UpdateReport:
+        """One step of the loop; returns what was measured and published."""
+        self.resume()
+        report = UpdateReport(len(batch), self.evaluate(self.model, batch))
+        fresh: list[Example] = []
+        for example in batch:
+            self._seen += 1
+            (self.holdout if self._seen % self.holdout_every == 0 else fresh).append(example)
+        replayed = self.random.sample(list(self.replay), min(len(self.replay),
+                                                             int(len(fresh) * self.replay_ratio)))
+        candidate = copy.deepcopy(self.model)
+        started = time.perf_counter()
+        report.trained = self._fit(candidate, fresh + replayed)
+        report.train_seconds = time.perf_counter() - started
+        self.replay.extend(fresh)
+        if self.version is not None and self.holdout:
+            serving, challenger = self.evaluate(self.model, self.holdout), self.evaluate(candidate, self.holdout)
+            report.holdout = {"serving_mrr": serving["mrr"], "candidate_mrr": challenger["mrr"]}
+            if challenger["mrr"] < serving["mrr"] - self.gate_tolerance:
+                report.refused = (f"hold-out MRR {challenger['mrr']:.4f} < serving "
+                                  f"{serving['mrr']:.4f} - {self.gate_tolerance}")
+                log.info("not publishing: %s", report.refused)
+                return report
+        timestamps = [e["ts"] for e in batch]
+        figures = {**{f"prequential_{k}": v for k, v in report.prequential.items()}, **report.holdout,
+                   "examples": len(batch)}
+        report.published = self.registry.publish(candidate, parent=self.version,
+                                                 window=(min(timestamps), max(timestamps)), figures=figures)
+        self.model, self.version = candidate, report.published.version
+        return report
+
+    def _fit(self, model: Ranker, examples: list[Example]) -> int:
+        """A few epochs of listwise training; returns the number of lists seen."""
+        if not examples:
+            return 0
+        model.train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=self.lr)
+        seen = 0
+        for _ in range(self.epochs):
+            order = self.random.sample(examples, len(examples))
+            for start in range(0, len(order), self.minibatch):
+                chunk = order[start:start + self.minibatch]
+                batch = collate(chunk, model.config).to(self.device)
+                loss = listwise_loss(model(batch), batch)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                seen += len(chunk)
+        return seen
+
+    @torch.no_grad()
+    def evaluate(self, model: Ranker, examples: Sequence[Example]) -> dict[str, float]:
+        """MRR, NDCG@10 and log-loss of ``model`` on labelled examples."""
+        model.eval()
+        examples = list(examples)
+        scores: list[list[float]] = []
+        for start in range(0, len(examples), 256):
+            chunk = examples[start:start + 256]
+            out = model(collate(chunk, model.config).to(self.device)).cpu()
+            scores += [out[b, :len(e["items"])].tolist() for b, e in enumerate(chunk)]
+        return evaluate(scores, [e["labels"] for e in examples])
