@@ -249,11 +249,14 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
     for e in typed:
         counts[e["region"]] += 1
     regions = sorted(counts, key=lambda g: -counts[g])[:5]
+    memory = (await redis.info("memory"))["used_memory"] / 2**20
+    keys = sum([1 async for _ in redis.scan_iter(f"{KEYS.prefix}:sugg:*", count=1000)])
     methods = list(quality.methods)
     record("Query suggestions: quality on real Trivago queries (prequential)", None,
            table(["slice", "prefixes ranked", *(f"MRR@10 {m}" for m in methods),
                   *(f"success@5 {m}" for m in methods)], quality.rows(regions)),
-           f"{quality.searches} typed queries replayed in {replay_s:.0f} s; "
+           f"{quality.searches} typed queries replayed in {replay_s:.0f} s; the index then held "
+           f"{keys:,} keys in {memory:.1f} MiB of Redis memory; "
            f"{quality.seen_before / max(1, quality.searches):.1%} of them had been searched before in "
            "two or more sessions or by the same user (roughly the ceiling for a suggester of past "
            "queries). Ranking weights are the defaults: a grid over them on the first half of the "

@@ -11,10 +11,12 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from features.keys import Keys
+from features.store import FeatureWriter, OnlineStore
 from models.suggest import SuggestConfig, SuggestionUpdater, SuggestService
 from models.suggest.cli import register_cli
 from relevo.settings import Settings
 from serving.suggest import router
+from streams.events import validate
 
 T0 = 1_541_599_523_000
 
@@ -82,3 +84,21 @@ def test_cli_prints_suggestions_per_prefix_and_region(redis_db, redis_url, capsy
     assert args.func(args, Settings(redis_url=redis_url, key_prefix="t")) == 0
     out = capsys.readouterr().out
     assert "| LIS | PT | Lisboa |" in out and "| xyz | PT | — |" in out
+
+
+async def test_intent_comes_from_the_real_feature_store(redis_db, redis_url) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    keys = Keys("t")
+    events = []
+    for i, (query, category) in enumerate([("Nice", "beach")] * 3 + [("Nimes", "museum")] * 3):
+        common = {"ts": T0 + i, "user_id": f"u{i}", "session_id": f"s{i}", "region": "FR", "locale": "fr-FR"}
+        events += [{**common, "type": "search", "event_id": f"q{i}", "search_id": f"q{i}", "query": query},
+                   {**common, "type": "click", "event_id": f"c{i}", "search_id": f"q{i}", "item_id": f"i{i}",
+                    "kind": "click", "category": category}]
+    for processor in (FeatureWriter(redis, keys), SuggestionUpdater(redis, keys)):
+        await processor.process([validate(e) for e in events])
+    service = SuggestService(redis, keys, features=OnlineStore(redis, keys))
+    for user, top in (("u0", "nice"), ("u3", "nimes")):  # each clicked their own category once
+        result = await service.suggest("ni", user_id=user, region="FR")
+        assert result.suggestions[0].query == top and result.suggestions[0].signals["intent"] > 0
+    await redis.aclose()
