@@ -8,7 +8,8 @@ and returns a ``Change`` when the alert of that pair changed:
   statistic, current level) but not announced again: that is the dedupe;
 - the signal is back near its baseline → the alert is resolved and announced;
 - it fires within ``cooldown_ms`` (event time) of a resolution → the last alert
-  is reopened quietly, so a flapping signal does not flood the sinks.
+  is reopened quietly (and later resolved quietly), so a flapping signal does
+  not flood the sinks.
 
 >>> from drift.detectors import MixDetector
 >>> book = AlertBook(cooldown_ms=1000)
@@ -99,6 +100,7 @@ class AlertBook:
 
     cooldown_ms: int = 30 * 60_000
     latest: dict[tuple[str, str], Alert] = field(default_factory=dict)
+    quiet: set[tuple[str, str]] = field(default_factory=set)  # reopened within the cooldown
 
     def observe(self, region: str, metric: str, detector: Detector, ts: int) -> Change | None:
         """Update the alert of (region, metric) after ``detector`` took an observation at ``ts``."""
@@ -106,7 +108,9 @@ class AlertBook:
         if alert is not None and not alert.resolved:
             if detector.recovered:
                 alert.resolve(detector, ts)
-                return Change(alert, announce=True)
+                announce = (region, metric) not in self.quiet
+                self.quiet.discard((region, metric))
+                return Change(alert, announce)
             if detector.drift_detected:
                 alert.refresh(detector, ts)
                 return Change(alert, announce=False)
@@ -115,6 +119,7 @@ class AlertBook:
             return None
         if alert is not None and alert.resolved_at is not None and ts - alert.resolved_at < self.cooldown_ms:
             alert.refresh(detector, ts)
+            self.quiet.add((region, metric))
             return Change(alert, announce=False)
         alert = self.latest[region, metric] = Alert.open(region, metric, detector, ts)
         return Change(alert, announce=True)

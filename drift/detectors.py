@@ -89,6 +89,15 @@ def relative_change(value: float, reference: float, floor: float = 1e-3) -> floa
     return (value - reference) / max(abs(reference), floor)
 
 
+def log_ratio(value: float, reference: float, floor: float = 1.0) -> float:
+    """``log((value + floor) / (reference + floor))``: symmetric for collapses and spikes of counts.
+
+    >>> round(log_ratio(0.0, 19.0, floor=1.0), 2), round(log_ratio(59.0, 19.0, floor=1.0), 2)
+    (-3.0, 1.1)
+    """
+    return math.log((max(value, 0.0) + floor) / (max(reference, 0.0) + floor))
+
+
 class RiverDetector:
     """A river drift detector, gated by a minimum relative change of the mean.
 
@@ -97,16 +106,18 @@ class RiverDetector:
     open for ``window`` observations, comparing the mean of the last ``window``
     values with the mean before the change. ``as_error`` feeds binary detectors
     (DDM, EDDM) the complement of a success rate, since they watch error rates rise.
+    ``log_scale`` measures the change as a log ratio (for counts) instead of relative.
     """
 
     def __init__(self, make: Callable[..., Any], params: Mapping[str, Any] | None = None, *,
                  threshold: float = 0.2, window: int = 100, memory: int = 5000,
-                 floor: float = 1e-3, as_error: bool = False) -> None:
+                 floor: float = 1e-3, as_error: bool = False, log_scale: bool = False) -> None:
         self.name = make.__name__
         self.threshold = threshold
         self._river = make(**dict(params or {}))
         self._as_error = as_error
         self._floor = floor
+        self._change = log_ratio if log_scale else relative_change
         self._memory = memory
         self._recent: deque[float] = deque(maxlen=window)
         self._recent_sum = 0.0
@@ -132,7 +143,7 @@ class RiverDetector:
         self._mean += (x - self._mean) / min(self._n, self._memory)
         if self._armed:
             self._armed -= 1
-            change = relative_change(self.current, self._frozen, self._floor)
+            change = self._change(self.current, self._frozen, self._floor)
             if abs(change) >= self.threshold:
                 self._accept(change)
         if self._normal is not None and self.recovered:
@@ -165,7 +176,7 @@ class RiverDetector:
     def recovered(self) -> bool:
         if self._normal is None:
             return True
-        change = relative_change(self.current, self._normal, self._floor)
+        change = self._change(self.current, self._normal, self._floor)
         return len(self._recent) == self._recent.maxlen and abs(change) < self.threshold / 2
 
     @property

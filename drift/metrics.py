@@ -41,19 +41,22 @@ def _spec(name: str, meaning: str, make: Callable[[], Detector], warmup: int) ->
 
 METRICS: Mapping[str, MetricSpec] = dict([
     _spec("ctr", "1 if a search with results got a click within the timeout, else 0",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.2, window=100), warmup=300),
+          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.2, window=200), warmup=300),
     _spec("click_rank", "reciprocal rank 1/(position+1) of each clicked search result",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.25, window=100), warmup=300),
-    _spec("purchase_rate", "1 for a purchase event, 0 for any other event",
+          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.25, window=200), warmup=300),
+    _spec("purchase_rate", "share of purchases among the events of each non-empty minute",
           partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.3, window=500, floor=0.01),
           warmup=2000),
+    # Volume: the last hour against the last day, as a log ratio (3 events/min of slack, so
+    # a quiet region's night is not a collapse); a change of about 3x either way.
     _spec("volume", "events per event-time minute",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.6, window=30, floor=1.0),
-          warmup=120),
+          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=1.1, window=60, memory=1440, floor=3.0,
+                  log_scale=True), warmup=720),
+    # Mixes drift with the time of day (regions wake up in turn), so PSI needs to be large.
     _spec("query_language", "language of each non-empty query, guessed from script and locale",
-          partial(MixDetector, threshold=0.25, reference=1000, window=500), warmup=1500),
+          partial(MixDetector, threshold=0.4, reference=3000, window=1000), warmup=4000),
     _spec("category", "category of each clicked or purchased item that names one",
-          partial(MixDetector, threshold=0.25, reference=1000, window=500), warmup=1500),
+          partial(MixDetector, threshold=0.4, reference=3000, window=1000), warmup=4000),
     _spec("calibration", "outcome minus predicted click probability, fed by observe_prediction",
           partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=1.0, window=300, floor=0.1),
           warmup=1000),

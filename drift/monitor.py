@@ -17,7 +17,7 @@ alerts, and does not announce them again.
 >>> asyncio.run(monitor.process(stream))
 >>> [(a.region, a.metric, a.detector, a.baseline > 0.98, a.statistic < -0.25, a.first_seen // 1000)
 ...  for a in monitor.active_alerts()]
-[('FR', 'click_rank', 'ADWIN', True, True, 3039), ('*', 'click_rank', 'ADWIN', True, True, 3039)]
+[('FR', 'click_rank', 'ADWIN', True, True, 3054), ('*', 'click_rank', 'ADWIN', True, True, 3054)]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class DriftMonitor:
 
     def __init__(self, redis: aioredis.Redis | None = None, sinks: Sequence[Sink] = (), *,
                  metrics: Mapping[str, MetricSpec] = METRICS, keys: Keys | None = None,
-                 cooldown_ms: int = 30 * 60_000, ctr_timeout_ms: int = 30 * 60_000,
+                 cooldown_ms: int = 30 * 60_000, ctr_timeout_ms: int = 10 * 60_000,
                  bucket_ms: int = 60_000, snapshot_every_batches: int = 100,
                  snapshot_every_s: float = 30.0) -> None:
         keys = keys or Keys()

@@ -3,13 +3,17 @@
 Every observation goes to its region and to ``GLOBAL``. Windowing is in event
 time, driven by a clock that only moves forward:
 
-- ``ctr``: a search with results is pending until a click (or cart) names its
-  ``search_id`` (outcome 1) or the clock passes its time plus ``ctr_timeout_ms``
-  (outcome 0). Only the first click counts.
+- ``ctr``: a search with results waits ``ctr_timeout_ms`` of event time for a
+  click (or cart) naming its ``search_id``; then its outcome (1 clicked, 0 not)
+  is observed. Outcomes are observed in search order, all after the same wait:
+  emitting clicks at once and misses later would put misses in bursts, which
+  detectors take for a change.
 - ``click_rank``: ``1 / (position + 1)`` of each click that carries a position.
 - ``volume``: events per bucket of ``bucket_ms``. Buckets close when the clock
   moves past them, so a region that falls silent reports zeros (at most
   ``max_gap`` of them per gap, so a replay over years does not emit millions).
+- ``purchase_rate``: the share of purchases among the events of each closed,
+  non-empty bucket (one observation per bucket, not per event: it is cheaper).
 
 >>> s = Signals(ctr_timeout_ms=60_000)
 >>> base = {"ts": 0, "region": "FR", "locale": "fr-FR", "user_id": "u", "session_id": "s"}
@@ -17,11 +21,14 @@ time, driven by a clock that only moves forward:
 ...     {**base, "type": "search", "event_id": "1", "search_id": "q1", "query": "plage", "results": ["a"]},
 ...     {**base, "type": "click", "event_id": "2", "search_id": "q1", "item_id": "a", "position": 1},
 ... ])
->>> sorted((m, v) for r, m, v, _ in obs if r == "FR" and m != "purchase_rate")
-[('click_rank', 0.5), ('ctr', 1.0), ('query_language', 'fr')]
->>> len(obs), s.observe([{**base, "type": "search", "event_id": "3", "search_id": "q2", "ts": 200_000,
-...                       "query": "", "results": ["b"]}])[:2]
-(10, [('FR', 'volume', 2.0, 0), ('FR', 'volume', 0.0, 60000)])
+>>> sorted((m, v) for r, m, v, _ in obs if r == "FR")
+[('click_rank', 0.5), ('query_language', 'fr')]
+>>> later = s.observe([{**base, "type": "purchase", "event_id": "3", "ts": 200_000, "item_id": "a",
+...                     "order_id": "o", "price": 1.0}])
+>>> [o for o in later if o[0] == "FR"][:3]  # closed minutes
+[('FR', 'volume', 2.0, 0), ('FR', 'purchase_rate', 0.0, 0), ('FR', 'volume', 0.0, 60000)]
+>>> [o for o in later if o[1] == "ctr"]  # the search's outcome, once its timeout passed
+[('FR', 'ctr', 1.0, 0), ('*', 'ctr', 1.0, 0)]
 """
 
 from __future__ import annotations
@@ -42,15 +49,15 @@ CLICK_KINDS = ("click", "cart")  # a "view" is browsing, not a click-through
 class Signals:
     """Stateful extraction of metric observations from batches of events (picklable)."""
 
-    def __init__(self, ctr_timeout_ms: int = 30 * 60_000, bucket_ms: int = 60_000, max_gap: int = 60,
+    def __init__(self, ctr_timeout_ms: int = 10 * 60_000, bucket_ms: int = 60_000, max_gap: int = 60,
                  max_pending: int = 200_000) -> None:
         self.ctr_timeout_ms = ctr_timeout_ms
         self.bucket_ms = bucket_ms
         self.max_gap = max_gap
         self.max_pending = max_pending
         self.clock = 0
-        self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()  # search_id -> (region, ts)
-        self._buckets: dict[str, list[int]] = {}  # region -> [open bucket, events in it]
+        self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # search_id -> [region, ts, clicked]
+        self._buckets: dict[str, list[int]] = {}  # region -> [open bucket, events, purchases in it]
 
     def observe(self, events: Sequence[Event]) -> list[Observation]:
         """Observations from one batch, including searches that timed out and closed buckets."""
@@ -59,19 +66,19 @@ class Signals:
             ts, region = event["ts"], event["region"]
             self.clock = max(self.clock, ts)
             for where in (region, GLOBAL):
-                self._count(where, ts, out)
+                self._count(where, ts, event["type"] == "purchase", out)
                 out.extend(self._observations(event, where))
             self._track_search(event)
         self._expire(out)
         closed = self.clock // self.bucket_ms - 1  # one bucket of grace for late events
-        for where, (bucket, _) in list(self._buckets.items()):
+        for where, (bucket, *_) in list(self._buckets.items()):
             if bucket < closed:
                 self._advance(where, closed, out)
         return out
 
     def _observations(self, event: Event, region: str) -> list[Observation]:
         kind, ts = event["type"], event["ts"]
-        out: list[Observation] = [(region, "purchase_rate", 1.0 if kind == "purchase" else 0.0, ts)]
+        out: list[Observation] = []
         if kind == "search":
             language = guess_language(event.get("query", ""), event.get("locale", ""))
             if language:
@@ -83,40 +90,43 @@ class Signals:
         if kind == "click" and event.get("kind", "click") in CLICK_KINDS:
             if event.get("position") is not None:
                 out.append((region, "click_rank", 1.0 / (event["position"] + 1), ts))
-            if (event.get("search_id") or "") in self._pending:
-                out.append((region, "ctr", 1.0, ts))
         return out
 
     def _track_search(self, event: Event) -> None:
         if event["type"] == "search" and event.get("results"):
-            self._pending[event["search_id"]] = (event["region"], event["ts"])
+            self._pending[event["search_id"]] = [event["region"], event["ts"], 0.0]
             if len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)  # overload: forget the oldest rather than guess
         elif event["type"] == "click" and event.get("kind", "click") in CLICK_KINDS:
-            self._pending.pop(event.get("search_id") or "", None)
+            pending = self._pending.get(event.get("search_id") or "")
+            if pending is not None:
+                pending[2] = 1.0
 
     def _expire(self, out: list[Observation]) -> None:
         deadline = self.clock - self.ctr_timeout_ms
         while self._pending:
-            search_id, (region, ts) = next(iter(self._pending.items()))
+            search_id, (region, ts, clicked) = next(iter(self._pending.items()))
             if ts >= deadline:
                 break
             del self._pending[search_id]
-            out.append((region, "ctr", 0.0, ts))
-            out.append((GLOBAL, "ctr", 0.0, ts))
+            out.append((region, "ctr", clicked, ts))
+            out.append((GLOBAL, "ctr", clicked, ts))
 
-    def _count(self, region: str, ts: int, out: list[Observation]) -> None:
+    def _count(self, region: str, ts: int, purchase: bool, out: list[Observation]) -> None:
         bucket = ts // self.bucket_ms
-        state = self._buckets.setdefault(region, [bucket, 0])
+        state = self._buckets.setdefault(region, [bucket, 0, 0])
         if bucket > state[0]:
             self._advance(region, bucket, out)
         state[1] += 1  # late events count in the open bucket: they arrived now
+        state[2] += purchase
 
     def _advance(self, region: str, bucket: int, out: list[Observation]) -> None:
         """Close the open bucket and the empty ones up to ``bucket``, which becomes the open one."""
         state = self._buckets[region]
         ts = state[0] * self.bucket_ms
         out.append((region, "volume", float(state[1]), ts))
+        if state[1]:
+            out.append((region, "purchase_rate", state[2] / state[1], ts))
         for gap in range(1, min(bucket - state[0], self.max_gap + 1)):
             out.append((region, "volume", 0.0, ts + gap * self.bucket_ms))
-        state[0], state[1] = bucket, 0
+        state[:] = bucket, 0, 0

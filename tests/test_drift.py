@@ -1,0 +1,108 @@
+"""Drift monitor on synthetic streams: planted drift found in time, quiet when stationary, cooldown, recovery."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from drift.alerts import Alert
+from drift.monitor import DriftMonitor
+from streams.events import Event
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    async def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    async def close(self) -> None:
+        return None
+
+
+def searches(ctr: list[tuple[int, float]], region: str = "FR", seed: int = 0,
+             start: int = 0) -> Iterator[Event]:
+    """One search a second with three results, clicked (top result) with the given probability.
+
+    ``ctr`` is a list of (number of searches, click probability) segments.
+    """
+    rng = random.Random(seed)
+    i = start
+    common = {"region": region, "locale": "fr-FR", "user_id": "u", "session_id": "s"}
+    for count, p in ctr:
+        for _ in range(count):
+            ts = 1_700_000_000_000 + 1000 * i
+            yield {**common, "type": "search", "event_id": f"s{i}", "ts": ts, "search_id": f"q{i}",
+                   "query": "hôtel", "results": ["a", "b", "c"]}
+            if rng.random() < p:
+                yield {**common, "type": "click", "event_id": f"c{i}", "ts": ts + 1, "search_id": f"q{i}",
+                       "item_id": "a", "position": 0, "kind": "click"}
+            i += 1
+
+
+async def run(monitor: DriftMonitor, events: Iterator[Event], batch: int = 200) -> None:
+    buffer = list(events)
+    for i in range(0, len(buffer), batch):
+        await monitor.process(buffer[i:i + batch])
+
+
+def opened(sink: Collect, metric: str = "ctr") -> list[Alert]:
+    return [a for a in sink.alerts if a.metric == metric and not a.resolved]
+
+
+async def test_planted_ctr_drop_is_detected_within_bounds() -> None:
+    sink = Collect()
+    monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
+    await run(monitor, searches([(3000, 0.4), (2000, 0.2)]))
+    first = opened(sink)
+    change_ts = 1_700_000_000_000 + 3000 * 1000
+    assert {a.region for a in first} == {"FR", "*"}
+    fr = next(a for a in first if a.region == "FR")
+    # ctr outcomes close after the 60 s timeout, so the delay includes it
+    assert 0 < fr.first_seen - change_ts < 600 * 1000, fr
+    assert fr.statistic < -0.2 and fr.detector == "ADWIN"
+    assert abs(fr.baseline - 0.4) < 0.05 and fr.current < 0.3
+
+
+async def test_stationary_stream_stays_quiet() -> None:
+    sink = Collect()
+    monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
+    await run(monitor, searches([(20_000, 0.3)], seed=3))
+    assert sink.alerts == []
+
+
+async def test_recovery_is_reported_and_flapping_within_cooldown_stays_quiet() -> None:
+    sink = Collect()
+    monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000, cooldown_ms=3_600_000)
+    await run(monitor, searches([(2000, 0.5), (1000, 0.1), (1500, 0.5), (800, 0.1), (1500, 0.5)]))
+    fr = [a for a in sink.alerts if a.region == "FR" and a.metric == "ctr"]
+    # one alert, its recovery, and nothing for the second dip: it came within the cooldown
+    assert [a.resolved for a in fr] == [False, True]
+    assert fr[0].id == fr[1].id and fr[1].resolved_at > fr[0].first_seen
+
+    sink.alerts.clear()
+    late = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000, cooldown_ms=60_000)
+    await run(late, searches([(2000, 0.5), (1000, 0.1), (1500, 0.5), (800, 0.1)]))
+    fr = [a for a in sink.alerts if a.region == "FR" and a.metric == "ctr"]
+    assert [a.resolved for a in fr] == [False, True, False]  # past the cooldown: a new alert
+
+
+async def test_calibration_plugs_in_through_observe_prediction() -> None:
+    sink = Collect()
+    monitor = DriftMonitor(sinks=[sink])
+    rng = random.Random(1)
+    for i in range(6000):
+        p = 0.3 if i < 3000 else 0.8  # from calibrated to overconfident
+        monitor.observe_prediction("DE", p, rng.random() < 0.3, ts=1_700_000_000_000 + i)
+    await monitor.process([])
+    alerts = opened(sink, "calibration")
+    assert {a.region for a in alerts} == {"DE", "*"}
+    assert all(a.current < -0.1 and abs(a.baseline) < 0.05 for a in alerts)
+
+
+async def test_warm_up_holds_alerts_back() -> None:
+    sink = Collect()
+    monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
+    await run(monitor, searches([(150, 0.9), (150, 0.0)]))  # a collapse, but before warm-up ends
+    assert opened(sink) == []

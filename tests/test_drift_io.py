@@ -1,0 +1,151 @@
+"""Drift state across a restart, the alert store and its API on a real Redis, and the webhook sink."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from drift.alerts import Alert
+from drift.monitor import DriftMonitor
+from drift.sinks import AlertStore, WebhookSink
+from features.keys import Keys
+from serving.alerts import router
+from tests.test_drift import Collect, run, searches
+
+
+@pytest.fixture
+async def aredis(redis_db: redis.Redis, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client on the flushed test database."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_restart_keeps_history_and_open_alerts_without_announcing_them_again(
+        aredis: aioredis.Redis) -> None:
+    keys = Keys("t")
+    first_sink = Collect()
+    first = DriftMonitor(aredis, [first_sink], keys=keys, ctr_timeout_ms=60_000)
+    await run(first, searches([(3000, 0.4), (800, 0.15)]))
+    await first.close()  # a clean stop snapshots; a crash would lose what came after the last one
+    assert {a.region for a in first_sink.alerts if a.metric == "ctr"} == {"FR", "*"}
+    seen_before = first.state.trackers["FR", "ctr"].seen
+
+    second_sink = Collect()
+    second = DriftMonitor(aredis, [second_sink], keys=keys, ctr_timeout_ms=60_000)
+    await run(second, searches([(800, 0.15)], start=3800, seed=1))
+    assert second.state.trackers["FR", "ctr"].seen > seen_before  # history kept, no new warm-up
+    assert second_sink.alerts == []  # still the same drift: no repeat, no spurious alert
+    assert {a.region for a in second.active_alerts() if a.metric == "ctr"} == {"FR", "*"}
+
+    cold_sink = Collect()  # the same restart with no snapshot would have to warm up again
+    cold = DriftMonitor(aredis, [cold_sink], keys=Keys("other"), ctr_timeout_ms=60_000)
+    await run(cold, searches([(800, 0.15)], start=3800, seed=1))
+    assert cold.state.trackers["FR", "ctr"].seen < seen_before
+
+
+async def test_unreadable_snapshot_starts_cold(aredis: aioredis.Redis) -> None:
+    monitor = DriftMonitor(aredis, keys=Keys("t"))
+    await aredis.set(monitor._snapshots.key, b"not a pickle")
+    await monitor.process([])
+    assert monitor.state.trackers == {}
+
+
+def alert(id: str, region: str, metric: str, first: int, last: int, resolved: bool) -> Alert:
+    return Alert(id, region, metric, "ADWIN", -0.3, 0.5, 0.35, 200, "warning", first, last, resolved,
+                 last if resolved else None)
+
+
+@pytest.fixture
+async def api(aredis: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
+    store = AlertStore(aredis, Keys("t"))
+    await store.save([alert("a", "FR", "ctr", 1000, 5000, True), alert("b", "FR", "volume", 2000, 9000, False),
+                      alert("c", "DE", "ctr", 7000, 8000, False), alert("d", "*", "ctr", 3000, 3500, True)])
+    app = FastAPI()
+    app.state.alerts = store
+    app.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        yield client
+
+
+@pytest.mark.parametrize(("query", "ids"), [
+    ("", ["c", "d", "b", "a"]),  # newest first
+    ("?region=FR", ["b", "a"]),
+    ("?region=*", ["d"]),
+    ("?metric=ctr", ["c", "d", "a"]),
+    ("?active=true", ["c", "b"]),
+    ("?since=6000", ["c", "b"]),  # still open after 6000
+    ("?until=2500", ["b", "a"]),  # opened by 2500
+    ("?since=3200&until=4000&metric=ctr", ["d", "a"]),
+    ("?limit=1", ["c"]),
+])
+async def test_api_filters(api: httpx.AsyncClient, query: str, ids: list[str]) -> None:
+    response = await api.get("/v1/alerts" + query)
+    assert response.status_code == 200
+    assert [a["id"] for a in response.json()["alerts"]] == ids
+
+
+@pytest.mark.parametrize("query", ["?metric=nope", "?since=5&until=4", "?limit=0"])
+async def test_api_rejects_bad_filters(api: httpx.AsyncClient, query: str) -> None:
+    response = await api.get("/v1/alerts" + query)
+    assert 400 <= response.status_code < 500 and response.json()["detail"]
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Fails the first ``server.failures`` posts with 503, then accepts."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["content-length"]))
+        server = self.server
+        server.posts += 1  # type: ignore[attr-defined]
+        time.sleep(server.delay_s)  # type: ignore[attr-defined]
+        status = 503 if server.posts <= server.failures else 204  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def webhook() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    server.posts, server.failures, server.delay_s = 0, 0, 0.0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def url(server: ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/hook"
+
+
+async def test_webhook_retries_until_delivered(webhook: ThreadingHTTPServer) -> None:
+    webhook.failures = 2  # type: ignore[attr-defined]
+    sink = WebhookSink(url(webhook), retries=3, backoff_s=0.01)
+    await sink.send(alert("a", "FR", "ctr", 1, 2, False))
+    await sink.close()
+    assert (webhook.posts, sink.delivered, sink.failed) == (3, 1, 0)  # type: ignore[attr-defined]
+
+
+async def test_webhook_gives_up_without_blocking_the_stream(webhook: ThreadingHTTPServer) -> None:
+    webhook.failures, webhook.delay_s = 1000, 0.3  # type: ignore[attr-defined]
+    sink = WebhookSink(url(webhook), timeout_s=0.1, retries=1, backoff_s=0.01, queue_size=2)
+    started = time.perf_counter()
+    for i in range(5):  # two queued, the rest dropped: the caller never waits for the server
+        await sink.send(alert(str(i), "FR", "ctr", 1, 2, False))
+    assert time.perf_counter() - started < 0.05
+    await asyncio.sleep(0.6)
+    await sink.close(drain_s=1.0)
+    assert sink.delivered == 0 and sink.failed == 5
