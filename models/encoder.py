@@ -189,12 +189,13 @@ class CachedEncoder(TextEncoder):
         self.encoder, self.name, self.dim = encoder, encoder.name, encoder.dim
         self.path = Path(directory) / f"{encoder.name}.npz"
         self._batch_size = batch_size
-        self._rows: dict[bytes, int] = {}
+        self._keys: list[bytes] = []  # digest of the text in each row
         self._vectors = np.zeros((0, encoder.dim), np.float32)
         if self.path.exists():
             data = np.load(self.path)
             self._vectors = data["vectors"]
-            self._rows = {bytes(k): i for i, k in enumerate(data["keys"])}
+            self._keys = [row.tobytes() for row in data["keys"]]
+        self._rows = {key: row for row, key in enumerate(self._keys)}
 
     @staticmethod
     def _key(text: str) -> bytes:
@@ -212,13 +213,14 @@ class CachedEncoder(TextEncoder):
                      for i in range(0, len(missing), self._batch_size)]
             start = len(self._vectors)
             self._vectors = np.vstack([self._vectors, *fresh])
+            self._keys.extend(k for k, _ in missing)
             self._rows.update({k: start + i for i, (k, _) in enumerate(missing)})
             self._save()
         return self._vectors[[self._rows[k] for k in keys]]
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = np.array(sorted(self._rows, key=self._rows.get), dtype="S16")
+        keys = np.frombuffer(b"".join(self._keys), np.uint8).reshape(-1, 16)  # not "S16": it strips NULs
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(tmp, keys=keys, vectors=self._vectors)
         os.replace(tmp, self.path)  # never leave a half-written cache

@@ -1,0 +1,79 @@
+"""The catalog on disk under the data dir, the search service built on it, and the
+``relevo catalog load FILE [--amazon]`` command.
+
+Layout under ``settings.data_dir``: ``catalog/`` (items + vectors, see
+``CatalogIndexer.save``) and ``cache/embeddings/`` (item embeddings per encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from models.catalog import load_amazon, read_items
+from models.encoder import DEFAULT_ENCODER, ENCODERS, load_encoder
+from models.query import QueryUnderstanding
+from models.retrieval import CatalogIndexer
+from models.search import FeatureSource, SearchService
+from models.taxonomy import TAXONOMY, IntentClassifier, read_taxonomy
+
+log = logging.getLogger(__name__)
+
+
+def catalog_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "catalog"
+
+
+def open_catalog(data_dir: Path, encoder_name: str = DEFAULT_ENCODER) -> CatalogIndexer:
+    """The saved catalog (empty if none), with an encoder whose item side is cached on disk."""
+    encoder = load_encoder(encoder_name, cache_dir=Path(data_dir) / "cache" / "embeddings")
+    return CatalogIndexer.open(catalog_dir(data_dir), encoder)
+
+
+def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,
+                         taxonomy: Path = TAXONOMY) -> SearchService:
+    """A ``SearchService`` over ``catalog``, with intent from the taxonomy when it exists."""
+    intents = None
+    if Path(taxonomy).exists():
+        intents = IntentClassifier(read_taxonomy(taxonomy), catalog.encoder)
+    else:
+        log.warning("no taxonomy at %s: queries get no intent category", taxonomy)
+    return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features)
+
+
+def load_command(args: argparse.Namespace, settings) -> int:
+    """Validate and index every item of ``args.file``; report rejected items with reasons."""
+    path = Path(args.file)
+    if not path.exists():
+        log.error("no such file: %s", path)
+        return 2
+    catalog = open_catalog(settings.data_dir, args.encoder)
+    items = iter(load_amazon(path) if args.amazon else read_items(path))
+    loaded = rejected = 0
+    with tqdm(desc="catalog items", unit="item") as progress:
+        while batch := list(islice(items, args.batch)):
+            failures = catalog.upsert(batch)
+            for _, reason in failures:
+                log.warning("rejected: %s", reason)
+            rejected += len(failures)
+            loaded += len(batch) - len(failures)
+            progress.update(len(batch))
+    catalog.save(catalog_dir(settings.data_dir))
+    log.info("loaded %d items (%d rejected); the catalog holds %d", loaded, rejected, len(catalog))
+    return 0 if loaded or not rejected else 1
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``catalog load FILE [--amazon] [--encoder NAME] [--batch N]``."""
+    catalog = subparsers.add_parser("catalog", help="manage the searchable catalog")
+    commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    load = commands.add_parser("load", help="load items (JSON lines or a JSON array) into the search index")
+    load.add_argument("file", help="items file, or product_titles_by_market.tsv with --amazon")
+    load.add_argument("--amazon", action="store_true", help="FILE is amazon_multilingual product titles")
+    load.add_argument("--encoder", default=DEFAULT_ENCODER, choices=ENCODERS, help="text encoder")
+    load.add_argument("--batch", type=int, default=512, help="items encoded at once")
+    load.set_defaults(func=load_command)

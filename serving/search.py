@@ -1,0 +1,54 @@
+"""HTTP routes for search and query understanding.
+
+Reads its service from ``request.app.state.search`` (a ``models.search.SearchService``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+router = APIRouter(tags=["search"])
+
+_REGION = re.compile(r"^[A-Za-z]{2,3}$")
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+MAX_QUERY_CHARS = 500
+
+
+def _service(request: Request):
+    service = getattr(request.app.state, "search", None)
+    if service is None:
+        raise HTTPException(503, detail="search is not ready: no catalog is loaded")
+    return service
+
+
+def _check(query: str, region: str | None, locale: str | None) -> str:
+    query = query.strip()
+    if not query:
+        raise HTTPException(422, detail="q must contain some text")
+    if region is not None and not _REGION.match(region):
+        raise HTTPException(422, detail=f"region must be a region code such as 'DE', got {region[:20]!r}")
+    if locale is not None and not _LOCALE.match(locale):
+        raise HTTPException(422, detail=f"locale must be a BCP 47 tag such as 'de-AT', got {locale[:20]!r}")
+    return query
+
+
+@router.get("/v1/search")
+async def search(request: Request,
+                 q: str = Query(..., max_length=MAX_QUERY_CHARS, description="query text, any language"),
+                 user_id: str | None = Query(None, max_length=200),
+                 region: str | None = Query(None, description="market, e.g. DE; items not sold there are hidden"),
+                 locale: str | None = Query(None, description="BCP 47, e.g. de-AT; picks the titles shown"),
+                 k: int = Query(20, ge=1, le=100, description="how many results")) -> dict:
+    """Items for ``q`` ranked for the user and region, with explanations."""
+    query = _check(q, region, locale)
+    return await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k)
+
+
+@router.get("/v1/query/understand")
+async def understand(request: Request, q: str = Query(..., max_length=MAX_QUERY_CHARS),
+                     locale: str | None = Query(None)) -> dict:
+    """Language, intent categories and entities of ``q``."""
+    query = _check(q, None, locale)
+    return _service(request).understand(query, locale)

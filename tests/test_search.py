@@ -1,0 +1,198 @@
+"""Search end to end on a hand-written English-only catalog with the USE encoder:
+cross-lingual queries, region filtering, locale fallback, personalisation, persistence,
+and the HTTP routes' errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from models.encoder import UseEncoder
+from models.query import QueryUnderstanding
+from models.retrieval import CatalogIndexer
+from models.search import SearchService
+from models.taxonomy import IntentClassifier, read_taxonomy
+from serving.search import router
+
+PRODUCTS = [
+    ("kettle", "Stainless steel electric kettle 1.7 litre", "Kitchen", "Acme"),
+    ("headphones", "Wireless noise cancelling headphones", "Electronics", "Sonora"),
+    ("wallet", "Men's leather wallet", "Accessories", "Hide & Co"),
+    ("blocks", "Children's wooden building blocks toy set", "Toys", "Woodies"),
+    ("yoga", "Non-slip yoga mat", "Sports", "Zenfit"),
+    ("glasses", "Red wine glasses, set of 4", "Kitchen", "Vino"),
+    ("backpack", "Waterproof laptop backpack", "Bags", "Trekka"),
+    ("shoes", "Women's running shoes", "Shoes", "Swift"),
+    ("grinder", "Manual coffee grinder", "Kitchen", "Acme"),
+    ("camera", "Digital camera with 20x optical zoom", "Camera", "Optix"),
+    ("umbrella", "Compact windproof umbrella", "Accessories", "Brolly"),
+    ("stroller", "Lightweight baby stroller", "Baby", "Tots"),
+    ("toothbrush", "Rechargeable electric toothbrush", "Personal care", "Brite"),
+    ("towel", "Cotton bath towel", "Home", "Softy"),
+    ("case", "Smartphone protective case", "Electronics", "Armr"),
+    ("dogfood", "Dry dog food for adult dogs, 10 kg", "Pet", "Woof"),
+    ("jacket", "Men's winter down jacket", "Clothing", "Polar"),
+    ("guitar", "Acoustic guitar for beginners", "Musical instruments", "Strum"),
+    ("cookbook", "Italian cookbook: 100 classic recipes", "Books", "Penguin"),
+    ("lamp", "LED desk lamp", "Home", "Lumo"),
+]
+QUERIES = {
+    "zh": [("电热水壶", "kettle"), ("无线耳机", "headphones"), ("雨伞", "umbrella"), ("狗粮", "dogfood")],
+    "ja": [("電気ケトル", "kettle"), ("ヨガマット", "yoga"), ("ランニングシューズ", "shoes"), ("ギター", "guitar")],
+    "de": [("elektrischer Wasserkocher", "kettle"), ("Regenschirm", "umbrella"), ("Kinderwagen", "stroller"),
+           ("Schreibtischlampe", "lamp")],
+    "fr": [("bouilloire électrique", "kettle"), ("sac à dos pour ordinateur portable", "backpack"),
+           ("brosse à dents électrique", "toothbrush"), ("verres à vin", "glasses")],
+    "es": [("auriculares inalámbricos", "headphones"), ("cartera de cuero", "wallet"),
+           ("toalla de baño", "towel"), ("chaqueta de invierno", "jacket")],
+}
+
+
+def english_catalog() -> list[dict]:
+    return [{"item_id": item_id, "titles": {"en-GB": title}, "category": category, "brand": brand,
+             "price": {"GB": 10.0, "DE": 12.0}, "regions": ["GB", "DE"]}
+            for item_id, title, category, brand in PRODUCTS]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> UseEncoder:
+    return UseEncoder(threads=2)
+
+
+@pytest.fixture(scope="module")
+def catalog(encoder) -> CatalogIndexer:
+    catalog = CatalogIndexer(encoder)
+    assert catalog.upsert(english_catalog()) == []
+    return catalog
+
+
+def search(service: SearchService, query: str, **kwargs) -> dict:
+    return asyncio.run(service.search(query, **kwargs))
+
+
+def test_cross_lingual_queries_find_english_products(catalog):
+    service = SearchService(catalog)
+    ranks = {}
+    for language, cases in QUERIES.items():
+        for query, expected in cases:
+            found = [r["item_id"] for r in search(service, query, k=3)["results"]]
+            ranks[(language, query)] = found.index(expected) + 1 if expected in found else None
+    assert all(ranks.values()), f"not in the top 3: {[q for q, r in ranks.items() if r is None]}"
+    first = sum(r == 1 for r in ranks.values()) / len(ranks)
+    assert first >= 0.8, ranks
+
+
+def test_region_filter_price_and_locale_fallback(encoder):
+    catalog = CatalogIndexer(encoder)
+    catalog.upsert([
+        {"item_id": "at-only", "titles": {"de-DE": "Wasserkocher aus Edelstahl", "en-GB": "Steel kettle"},
+         "category": "Kitchen", "price": {"AT": 31.5}, "regions": ["AT"]},
+        {"item_id": "gb-only", "titles": {"en-GB": "Electric kettle"}, "category": "Kitchen", "price": 20,
+         "regions": ["GB"]},
+    ])
+    service = SearchService(catalog)
+    at = search(service, "kettle", region="at", locale="de-AT")["results"]
+    assert [(r["item_id"], r["title"], r["locale"], r["price"]) for r in at] == [
+        ("at-only", "Wasserkocher aus Edelstahl", "de-DE", 31.5)]
+    gb = search(service, "kettle", region="GB", locale="ja-JP")["results"]
+    assert [(r["item_id"], r["locale"], r["price"]) for r in gb] == [("gb-only", "en-GB", 20.0)]
+    assert search(service, "kettle", region="US")["results"] == []
+
+
+def test_personalisation_is_explained(catalog):
+    async def features(user_id, region):
+        user = {"categories": {"Kitchen": 5.0}, "items": {"grinder": 3.0}, "session_items": ["glasses"]}
+        return user, {"items": {"glasses": 9.0}, "categories": {"Kitchen": 1.0}}
+
+    service = SearchService(catalog, features=features)
+    plain = search(SearchService(catalog), "kitchen things", region="GB", k=20)["results"]
+    personal = search(service, "kitchen things", user_id="u1", region="GB", k=20)["results"]
+    order = [r["item_id"] for r in personal]
+    assert set(order[:3]) == {"glasses", "grinder", "kettle"}  # the user's category, first
+    assert order.index("glasses") < [r["item_id"] for r in plain].index("glasses")
+    why = next(r for r in personal if r["item_id"] == "glasses")["explanation"]
+    assert {"text", "session", "region_popularity", "user_category"} <= set(why)
+    assert set(plain[0]["explanation"]) <= {"text", "locale"}
+    assert next(r for r in personal if r["item_id"] == "kettle")["explanation"]["user_brand"]["value"] == 1.0
+
+
+def test_index_persists_across_restart_without_reencoding(catalog, encoder, tmp_path):
+    catalog.save(tmp_path / "catalog")
+    restarted = CatalogIndexer.open(tmp_path / "catalog", _no_items(encoder))
+    before = search(SearchService(catalog), "Wasserkocher", k=5)["results"]
+    after = search(SearchService(restarted), "Wasserkocher", k=5)["results"]
+    assert [r["item_id"] for r in after] == [r["item_id"] for r in before]
+    assert len(restarted) == len(PRODUCTS)
+
+
+def _no_items(encoder: UseEncoder) -> UseEncoder:
+    """The same encoder, but failing if anything asks it to encode items."""
+    guarded = encoder.with_query_transform(None)
+    guarded._queries = encoder._queries  # USE encodes queries with its item path
+
+    def refuse(texts):
+        raise AssertionError("a restart must not re-encode the catalog")
+
+    guarded._items = refuse
+    return guarded
+
+
+def test_query_transform_swaps_the_query_side_only(catalog):
+    flipped = catalog.encoder.with_query_transform(lambda v: -v)
+    item = catalog.vectors.vector("kettle\x1fen-GB")
+    assert np.allclose(flipped.encode_items(["Stainless steel electric kettle 1.7 litre"])[0], item, atol=1e-5)
+    assert float(flipped.encode_queries(["kettle"])[0] @ item) < 0
+
+
+def test_query_understanding(catalog, shared_data):
+    taxonomy = read_taxonomy(shared_data / "google_taxonomy/google_taxonomy_parallel.tsv", max_depth=1)
+    service = SearchService(catalog, QueryUnderstanding(catalog, IntentClassifier(taxonomy, catalog.encoder)))
+    out = service.understand("Acme Wasserkocher für die Küche 1,7 l")
+    assert out["language"]["code"] == "de"
+    assert out["entities"]["brands"] == ["Acme"]
+    assert {"type": "quantity", "text": "1,7 l"} in out["entities"]["attributes"]
+    assert service.understand("Hundefutter")["intent"][0]["path"] == "Animals & Pet Supplies"
+    assert service.understand("おもちゃ")["language"]["code"] == "ja"
+
+
+@pytest.fixture(scope="module")
+def client(catalog) -> TestClient:
+    app = FastAPI()
+    app.include_router(router)
+    app.state.search = SearchService(catalog)
+    return TestClient(app)
+
+
+def test_http_search_and_understand(client):
+    response = client.get("/v1/search", params={"q": "雨伞", "region": "DE", "locale": "de-AT", "k": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["results"][0]["item_id"] == "umbrella" and body["results"][0]["price"] == 12.0
+    assert body["understanding"]["language"]["code"] == "zh"
+    assert client.get("/v1/query/understand", params={"q": "Acme kettle"}).json()["entities"]["brands"] == ["Acme"]
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"q": "kettle", "k": 0}, "greater than or equal to 1"),
+    ({"q": "kettle", "k": "many"}, "valid integer"),
+    ({"q": "   "}, "q must contain some text"),
+    ({}, "Field required"),
+    ({"q": "kettle", "region": "D1"}, "region must be a region code"),
+    ({"q": "kettle", "locale": "not a locale"}, "locale must be a BCP 47 tag"),
+    ({"q": "x" * 501}, "at most 500 characters"),
+])
+def test_http_bad_parameters_are_clear_422s(client, params, fragment):
+    response = client.get("/v1/search", params=params)
+    assert response.status_code == 422
+    assert fragment in response.text
+
+
+def test_http_without_a_catalog_is_503():
+    app = FastAPI()
+    app.include_router(router)
+    response = TestClient(app).get("/v1/search", params={"q": "kettle"})
+    assert response.status_code == 503 and "no catalog" in response.json()["detail"]
