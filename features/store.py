@@ -8,6 +8,7 @@ event time applied), so a replay of old data reads as it did at the time.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -71,19 +72,30 @@ class FeatureWriter:
                              "clock_key": self.keys.clock, "stats_key": self.keys.stats})
 
     async def process(self, events: Sequence[Event]) -> None:
+        # Redis runs one chunk's script while Python aggregates the next: the two overlap.
+        in_flight: asyncio.Task[None] | None = None
         for start in range(0, len(events), self.max_events):
-            await self._apply(events[start:start + self.max_events])
+            chunk = events[start:start + self.max_events]
+            unique = list({e["event_id"]: e for e in reversed(chunk)}.values())[::-1]
+            payload = self.payload(unique, time.time())
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(self._apply(unique, payload, len(chunk) - len(unique)))
+            await asyncio.sleep(0)  # let the task send its request before the next payload is built
+        if in_flight is not None:
+            await in_flight
 
-    async def _apply(self, events: Sequence[Event]) -> None:
-        unique = list({e["event_id"]: e for e in reversed(events)}.values())[::-1]
-        duplicates = len(events) - len(unique)
-        while unique:
-            status, detail = await self._script(args=[self.payload(unique, time.time())])
+    async def _apply(self, unique: list[Event], payload: bytes, duplicates: int) -> None:
+        while True:
+            status, detail = await self._script(args=[payload])
             if status == b"applied":
                 break
             seen = {s.decode() for s in detail}  # a redelivery: apply only what is new
             duplicates += len(seen)
             unique = [e for e in unique if e["event_id"] not in seen]
+            if not unique:
+                break
+            payload = self.payload(unique, time.time())
         if duplicates:
             await self.redis.hincrby(self.keys.stats, "events_duplicate", duplicates)
 
