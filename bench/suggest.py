@@ -49,6 +49,7 @@ TOP_K = 10
 KEYS = Keys("bench")
 REDIS_URL_ENV = "BENCH_SUGGEST_REDIS_URL"
 FRESH_QUERIES = 50
+COMMAND = " ".join(["python -m bench.suggest", *sys.argv[1:]])
 
 
 def typed_query(event: Event) -> bool:
@@ -252,7 +253,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
     memory = (await redis.info("memory"))["used_memory"] / 2**20
     keys = sum([1 async for _ in redis.scan_iter(f"{KEYS.prefix}:sugg:*", count=1000)])
     methods = list(quality.methods)
-    record("Query suggestions: quality on real Trivago queries (prequential)", None,
+    record("Query suggestions: quality on real Trivago queries (prequential)", COMMAND,
            table(["slice", "prefixes ranked", *(f"MRR@10 {m}" for m in methods),
                   *(f"success@5 {m}" for m in methods)], quality.rows(regions)),
            f"{quality.searches} typed queries replayed in {replay_s:.0f} s; the index then held "
@@ -272,7 +273,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
     fresh, ours_sessions, global_sessions = await freshness(updater, service, clock, regions[0])
     rows = [[name, len(requests) - len(requests) // 10, *values] for name, values in figures.items()]
     rows.append(["new query → suggested (updater to suggest)", FRESH_QUERIES - FRESH_QUERIES // 10, *fresh])
-    record("Query suggestions: latency and freshness", None,
+    record("Query suggestions: latency and freshness", COMMAND,
            table(["what", "samples", "p50 ms", "p99 ms", "CPU ms/request"], rows),
            f"CPU per request is the client's in process and the server's over HTTP. Freshness is "
            f"measured from the updater (Kafka transit excluded); a new query needs support "

@@ -167,7 +167,8 @@ async def test_memory_stays_bounded_under_a_flood_of_unique_queries(suggest, red
     caps = {":sup": config.max_queries, ":u:": config.max_user_queries, ":px": config.per_prefix}
     for key in sets:
         assert redis_db.zcard(key) <= next(cap for part, cap in caps.items() if part in key), key
-    # Prefixes are at most 6 characters: "s", "sp", "spa", "spam", "spam 0" (no trailing space) per scope.
-    assert len([k for k in sets if ":px" in k]) == 2 * 3 * 5
+    # Prefixes are at most 6 characters: "s", "sp", "spa", "spam", "spam 0" (no trailing space), long
+    # per region, locale and globally, short per region and globally.
+    assert len([k for k in sets if ":px" in k]) == 5 * (3 + 2)
     assert all(redis_db.ttl(k) > 0 for k in keys if k != "t:sugg:clock")
     assert len(await queries(service, "spam", region="FR", k=50)) == config.per_prefix

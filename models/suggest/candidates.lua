@@ -1,9 +1,9 @@
 -- Read the candidates for one prefix with every signal the ranker needs, in one round trip.
 -- ARGV[1] is a JSON payload (see models/suggest/store.py: SuggestionStore.candidates):
---   base, lambda_long, lambda_short (per ms), scopes (e.g. {"r:FR", "l:fr-FR", "g"}),
+--   base, lambda_long, lambda_short (per ms), scopes ({key part, has short index}, e.g. {"r:FR", 1}),
 --   prefix_key (safe id of the prefix), prefix (normalised text), user (safe id or ""),
 --   n (candidates per source), categories (true to return each candidate's category counts)
--- Returns JSON {clock, rows}: row = {query, text, support, {long, short} per scope, user, categories}.
+-- Returns JSON {clock, rows}: row = {query, text, support, long (and short) per scope, user, categories}.
 -- Values are decayed to the stream clock, so they read as counts "now" in event time.
 local p = cjson.decode(ARGV[1])
 local base = p.base
@@ -34,8 +34,10 @@ end
 local support = source(base .. ":sup", p.lambda_long)
 local scoped = {}
 for _, scope in ipairs(p.scopes) do
-  for _, kind in ipairs({{":px:", p.lambda_long}, {":pxs:", p.lambda_short}}) do
-    local s = source(base .. kind[1] .. scope .. ":" .. p.prefix_key, kind[2])
+  local kinds = {{":px:", p.lambda_long}}
+  if scope[2] == 1 then table.insert(kinds, {":pxs:", p.lambda_short}) end
+  for _, kind in ipairs(kinds) do
+    local s = source(base .. kind[1] .. scope[1] .. ":" .. p.prefix_key, kind[2])
     table.insert(scoped, s)
     for _, q in ipairs(redis.call("ZREVRANGE", s[1], 0, p.n - 1)) do candidate(q) end
   end

@@ -31,7 +31,7 @@ class SuggestConfig:
     # Decayed distinct sessions before a query is suggested: 1.5 is two sessions within a half-life.
     min_support: float = 1.5
     own_history: bool = True  # suggest users their own past queries even below min_support
-    max_prefix_chars: int = 12
+    max_prefix_chars: int = 8  # a longer prefix is served from its first 8 characters, filtered
     per_prefix: int = 32
     max_queries: int = 100_000
     max_user_queries: int = 50
@@ -39,6 +39,7 @@ class SuggestConfig:
     ttl_s: int = 14 * 86400
     dedupe_window_s: int = 3600
     search_memory_s: int = 3600  # how long a search_id is remembered for its clicks
+    script_events: int = 16  # events per Lua call: a call blocks Redis, ~0.1 ms per search learned
     search_weight: float = 1.0
     click_weights: tuple[tuple[str, float], ...] = (("view", 0.2), ("click", 1.0), ("cart", 2.0))
     purchase_weight: float = 4.0  # a query that sold something is the best suggestion

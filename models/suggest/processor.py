@@ -13,9 +13,7 @@ import logging
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict
 
-import orjson
 import redis.asyncio as aioredis
 
 from features.keys import Keys
@@ -59,17 +57,11 @@ class SuggestionUpdater:
         """The searches the clicks and purchases in ``events`` followed, from memory or Redis."""
         wanted = {e["search_id"] for e in events if e["type"] != "search" and e.get("search_id")}
         found = {sid: self._searches[sid] for sid in wanted if sid in self._searches}
-        missing = sorted(wanted - found.keys())
-        if missing:
-            stored = await self.redis.mget([self.store.search_key(sid) for sid in missing])
-            found |= {sid: QueryEvent(**orjson.loads(raw)) for sid, raw in zip(missing, stored, strict=True)
-                      if raw is not None}
-        return found
+        return found | await self.store.searches(sorted(wanted - found.keys()))
 
     async def process(self, events: Sequence[Event]) -> None:
         searches = await self._searches_of(events)
         updates: list[QueryEvent] = []
-        remembered: dict[str, QueryEvent] = {}
         for e in events:
             weight = self.config.event_weight(e)
             if e["type"] == "search":
@@ -77,23 +69,19 @@ class SuggestionUpdater:
                 if query is None:
                     continue
                 update = QueryEvent(e["event_id"], e["ts"], query, weight, True, e["session_id"],
-                                    e["user_id"], e["region"], e.get("locale", ""), text=as_typed(e["query"]))
-                searches[e["search_id"]] = remembered[e["search_id"]] = update
+                                    e["user_id"], e["region"], e.get("locale", ""), text=as_typed(e["query"]),
+                                    search_id=e["search_id"])
+                searches[e["search_id"]] = update
             elif (search := searches.get(e.get("search_id") or "")) is not None:
                 update = QueryEvent(e["event_id"], e["ts"], search.query, weight, False, e["session_id"],
                                     e["user_id"], search.region, search.locale, e.get("category") or "")
             else:
                 continue
             updates.append(update)
-        if not updates:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid, search in remembered.items():
-                self._remember(sid, search)
-                pipe.set(self.store.search_key(sid), orjson.dumps(asdict(search)),
-                         ex=self.config.search_memory_s)
-            await self.store.apply(updates, client=pipe)
-            await pipe.execute()
+        await self.store.apply(updates)
+        for update in updates:
+            if update.search_id:
+                self._remember(update.search_id, update)
         log.debug("learned %d query events from a batch of %d", len(updates), len(events))
 
     async def close(self) -> None:

@@ -6,7 +6,8 @@ Layout, under ``{prefix}:sugg``:
   (the support); capped at ``max_queries``.
 - ``:px:{scope}:{prefix}`` and ``:pxs:{scope}:{prefix}`` — the best queries
   under a prefix, long- and short-half-life; scope is ``g``, ``r:{region}`` or
-  ``l:{locale}``; capped at ``per_prefix``.
+  ``l:{locale}`` (no short index: trend is read per region and globally); capped
+  at ``per_prefix``.
 - ``:u:{user}`` — the user's own queries; ``:qc:{digest}`` — categories clicked
   after a query; ``:d:{digest}`` — the query as last typed, for display;
   ``:sq:…`` — one count per (session, query); ``:seen:{event}``;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.resources import files
 
 import orjson
@@ -34,7 +35,6 @@ from models.suggest.ranking import Candidate
 
 UPDATE_LUA = files("models.suggest").joinpath("update.lua").read_text()
 CANDIDATES_LUA = files("models.suggest").joinpath("candidates.lua").read_text()
-SCOPES = ("region", "locale", "global")
 DEFAULT_KEYS = Keys()
 
 
@@ -53,6 +53,7 @@ class QueryEvent:
     locale: str = ""
     category: str = ""
     text: str = ""  # the query as typed (searches only): what users are shown
+    search_id: str = ""  # searches only: remembered for the clicks that follow
 
 
 def prefixes(query: str, max_chars: int) -> list[str]:
@@ -64,8 +65,14 @@ def prefixes(query: str, max_chars: int) -> list[str]:
     return [query[:n] for n in range(1, min(len(query), max_chars) + 1) if not query[n - 1].isspace()]
 
 
-def _scopes(region: str | None, locale: str | None) -> list[str]:
-    return ([f"r:{safe_id(region)}"] if region else []) + ([f"l:{safe_id(locale)}"] if locale else []) + ["g"]
+def _scopes(region: str | None, locale: str | None) -> list[tuple[str, str, bool]]:
+    """(name, key part, has a short-half-life index) per scope; trend is read per region and globally."""
+    return ([("region", f"r:{safe_id(region)}", True)] if region else []) \
+        + ([("locale", f"l:{safe_id(locale)}", False)] if locale else []) + [("global", "g", True)]
+
+
+def _scope_payload(scopes: list[tuple[str, str, bool]]) -> list[tuple[str, int]]:
+    return [(part, int(recent)) for _, part, recent in scopes]
 
 
 class SuggestionStore:
@@ -88,8 +95,10 @@ class SuggestionStore:
         c = self.config
         records = [
             [f"{self.base}:seen:{safe_id(e.event_id)}", e.ts, int(e.is_search), safe_id(e.session_id),
-             e.weight, e.query, _scopes(e.region, e.locale), safe_id(e.user_id) if e.user_id else "",
-             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category, e.text]
+             e.weight, e.query, _scope_payload(_scopes(e.region, e.locale)),
+             safe_id(e.user_id) if e.user_id else "",
+             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category, e.text,
+             *((self.search_key(e.search_id), orjson.dumps(asdict(e)).decode()) if e.search_id else ("", ""))]
             for e in events
         ]
         return orjson.dumps({
@@ -100,10 +109,16 @@ class SuggestionStore:
             "records": records,
         })
 
-    async def apply(self, events: Sequence[QueryEvent], client: aioredis.Redis | None = None) -> None:
-        """Learn ``events``; pass a pipeline as ``client`` to send it with other commands."""
-        if events:
-            await self._update(args=[self.payload(events)], client=client)
+    async def apply(self, events: Sequence[QueryEvent]) -> None:
+        """Learn ``events``, ``script_events`` per Lua call: a script blocks Redis while it runs."""
+        for start in range(0, len(events), self.config.script_events):
+            await self._update(args=[self.payload(events[start:start + self.config.script_events])])
+
+    async def searches(self, search_ids: Sequence[str]) -> dict[str, QueryEvent]:
+        """The remembered searches among ``search_ids``."""
+        stored = await self.redis.mget([self.search_key(sid) for sid in search_ids]) if search_ids else []
+        return {sid: QueryEvent(**orjson.loads(raw)) for sid, raw in zip(search_ids, stored, strict=True)
+                if raw is not None}
 
     async def candidates(self, prefix: str, region: str | None = None, locale: str | None = None,
                          user_id: str | None = None, n: int = 20,
@@ -114,18 +129,23 @@ class SuggestionStore:
         the candidates filtered by the whole prefix.
         """
         scopes = _scopes(region, locale)
-        names = [name for name, present in zip(SCOPES, (region, locale, True), strict=True) if present]
         indexed = prefix[: self.config.max_prefix_chars]
         payload = orjson.dumps({
             "base": self.base, "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
-            "scopes": scopes, "prefix_key": safe_id(indexed), "prefix": prefix,
+            "scopes": _scope_payload(scopes), "prefix_key": safe_id(indexed), "prefix": prefix,
             "user": safe_id(user_id) if user_id else "", "n": n, "categories": categories,
         })
         out = orjson.loads(await self._candidates(args=[payload]))
         found = []
         for row in out["rows"] or []:
             query, text, support, *scoped, user, cats = row
-            if query.startswith(prefix):
-                found.append(Candidate(query, support, dict(zip(names, scoped[0::2], strict=True)),
-                                       dict(zip(names, scoped[1::2], strict=True)), user, cats or {}, text))
+            if not query.startswith(prefix):
+                continue
+            values = iter(scoped)
+            popularity, recent = {}, {}
+            for name, _, has_recent in scopes:
+                popularity[name] = next(values)
+                if has_recent:
+                    recent[name] = next(values)
+            found.append(Candidate(query, support, popularity, recent, user, cats or {}, text))
         return int(out["clock"]), found

@@ -2,8 +2,10 @@
 -- ARGV[1] is a JSON payload (see models/suggest/store.py: SuggestionStore.payload):
 --   base, lambda_long, lambda_short (per ms), min_support, per_prefix, max_queries,
 --   max_user_queries, max_categories, ttl_s, window_s, search_memory_s,
---   records: {seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text}
--- (text: the query as typed, shown to users; query: its normalised form, the index key)
+--   records: {seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text,
+--             memory_key, memory}
+-- (text: the query as typed, shown to users; query: its normalised form, the index key;
+--  memory: a search as JSON, kept at memory_key for the clicks that follow it)
 -- A record whose seen key exists is skipped whole, so a redelivered batch changes nothing.
 -- A search counts once per (session, query): one session cannot hammer a query up.
 -- Decayed sums use forward decay against a per-key landmark (key .. "~L"), so every
@@ -51,10 +53,14 @@ end
 for _, r in ipairs(p.records) do
   local seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text =
     r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
+  local memory_key, memory = r[12], r[13]
   if redis.call("SET", seen_key, 1, "NX", "EX", p.window_s) then
     applied = applied + 1
     if ts > latest_ts then latest_ts = ts end
     local digest = string.sub(redis.sha1hex(query), 1, 16)
+    if memory_key ~= "" then
+      redis.call("SET", memory_key, memory, "EX", p.search_memory_s)
+    end
     local counts = true
     local sup = 0
     if is_search == 1 then
@@ -72,8 +78,10 @@ for _, r in ipairs(p.records) do
     if counts and sup >= p.min_support - EPSILON then
       for _, scope in ipairs(scopes) do
         for _, prefix in ipairs(prefixes) do
-          add(base .. ":px:" .. scope .. ":" .. prefix, query, weight, ts, p.lambda_long, p.per_prefix)
-          add(base .. ":pxs:" .. scope .. ":" .. prefix, query, weight, ts, p.lambda_short, p.per_prefix)
+          add(base .. ":px:" .. scope[1] .. ":" .. prefix, query, weight, ts, p.lambda_long, p.per_prefix)
+          if scope[2] == 1 then
+            add(base .. ":pxs:" .. scope[1] .. ":" .. prefix, query, weight, ts, p.lambda_short, p.per_prefix)
+          end
         end
       end
       if text ~= "" then
