@@ -58,7 +58,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def wait_for_interrupt(runtime: Any) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Also when started in the background, where a shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while all(p.poll() is None for p in runtime.workers):
             time.sleep(0.5)
