@@ -41,9 +41,9 @@ def _spec(name: str, meaning: str, make: Callable[[], Detector], warmup: int) ->
 
 METRICS: Mapping[str, MetricSpec] = dict([
     _spec("ctr", "1 if a search with results got a click within the timeout, else 0",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.2, window=200), warmup=300),
+          partial(RiverDetector, ADWIN, {"delta": 1e-3}, threshold=0.2, window=150), warmup=300),
     _spec("click_rank", "reciprocal rank 1/(position+1) of each clicked search result",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.25, window=200), warmup=300),
+          partial(RiverDetector, ADWIN, {"delta": 1e-3}, threshold=0.25, window=150), warmup=300),
     _spec("purchase_rate", "share of purchases among the events of each non-empty minute",
           partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.3, window=500, floor=0.01),
           warmup=2000),

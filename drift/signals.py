@@ -65,9 +65,12 @@ class Signals:
         for event in events:
             ts, region = event["ts"], event["region"]
             self.clock = max(self.clock, ts)
-            for where in (region, GLOBAL):
-                self._count(where, ts, event["type"] == "purchase", out)
-                out.extend(self._observations(event, where))
+            purchase = event["type"] == "purchase"
+            self._count(region, ts, purchase, out)
+            self._count(GLOBAL, ts, purchase, out)
+            for metric, value in self._values(event):
+                out.append((region, metric, value, ts))
+                out.append((GLOBAL, metric, value, ts))
             self._track_search(event)
         self._expire(out)
         closed = self.clock // self.bucket_ms - 1  # one bucket of grace for late events
@@ -76,21 +79,19 @@ class Signals:
                 self._advance(where, closed, out)
         return out
 
-    def _observations(self, event: Event, region: str) -> list[Observation]:
-        kind, ts = event["type"], event["ts"]
-        out: list[Observation] = []
+    @staticmethod
+    def _values(event: Event) -> list[tuple[str, Any]]:
+        """The (metric, value) pairs one event gives at once (ctr and the buckets come later)."""
+        kind = event["type"]
         if kind == "search":
             language = guess_language(event.get("query", ""), event.get("locale", ""))
-            if language:
-                out.append((region, "query_language", language, ts))
-            return out
-        category = event.get("category")
-        if category:
-            out.append((region, "category", category, ts))
-        if kind == "click" and event.get("kind", "click") in CLICK_KINDS:
-            if event.get("position") is not None:
-                out.append((region, "click_rank", 1.0 / (event["position"] + 1), ts))
-        return out
+            return [("query_language", language)] if language else []
+        values: list[tuple[str, Any]] = []
+        if event.get("category"):
+            values.append(("category", event["category"]))
+        if kind == "click" and event.get("position") is not None and event.get("kind", "click") in CLICK_KINDS:
+            values.append(("click_rank", 1.0 / (event["position"] + 1)))
+        return values
 
     def _track_search(self, event: Event) -> None:
         if event["type"] == "search" and event.get("results"):
