@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="events to replay (default: all)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per training batch")
-    parser.add_argument("--wait-s", type=float, default=0.0, help="event-time wait for late outcomes")
+    parser.add_argument("--wait-s", type=float, default=5.0, help="event-time wait for late outcomes")
     parser.add_argument("--path", type=Path, default=TRIVAGO)
     args = parser.parse_args()
     started = time.perf_counter()

@@ -36,8 +36,11 @@ FEATURES = (
     "region_popularity", "region_popularity_rank", "global_popularity", "user_affinity",
     "session_breadth", "list_length",
     "session_shown", "session_clicks", "last_clicked", "item_ctr", "item_impressions",
-    "last_touched_position", "touch_age",
+    "last_touched_position", "touch_age", "session_rule",
 )
+# The rule "items the session touched first, most recent first, then the shown order" as a
+# feature: the ranker starts from it (see ``RankerConfig.rule_weight``) and learns corrections.
+RULE = FEATURES.index("session_rule")
 
 
 @dataclass
@@ -173,6 +176,8 @@ class ContextState:
         region_pop = [region.get(i, ts) if region else 0.0 for i in items]
         region_rank = _rank_fraction([-p for p in region_pop])
         user = self.users.get(search["user_id"], {})
+        by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
+        rule_rank = {p: rank for rank, p in enumerate(by_rule)}
         rows = []
         for p, item in enumerate(items):
             touch = touches.get(item)
@@ -199,5 +204,6 @@ class ContextState:
                 math.log1p(self.impressions.get(item, ts)),
                 0.0 if last_pos is None else last_pos / max(n, 1),
                 math.log1p(max(0, ts - touch.last_ts) / 1000) / 10 if touch else 0.0,
+                1.0 / (1 + rule_rank[p]),
             ])
         return rows

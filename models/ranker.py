@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.context import FEATURES
+from models.context import FEATURES, RULE
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -43,8 +43,9 @@ class RankerConfig:
     user_buckets: int = 1 << 12
     region_buckets: int = 256
     text_dim: int = 0  # 0: no text tower
+    rule_weight: float = 4.0  # initial weight of the session rule feature: start from the known baseline
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
@@ -99,6 +100,11 @@ class Ranker(nn.Module):
         self.head = nn.Sequential(nn.Linear(config.features + text_inputs, config.hidden), nn.ReLU(),
                                   nn.Linear(config.hidden, config.hidden), nn.ReLU(),
                                   nn.Linear(config.hidden, 1))
+        self.wide = nn.Linear(config.features + text_inputs, 1)  # a linear path beside the MLP
+        nn.init.zeros_(self.wide.weight)
+        nn.init.zeros_(self.wide.bias)
+        with torch.no_grad():
+            self.wide.weight[0, RULE] = config.rule_weight
         self.item = nn.Embedding(config.item_buckets, config.id_dim)
         self.item_bias = nn.Embedding(config.item_buckets, 1)
         self.region = nn.Embedding(config.region_buckets, config.id_dim)
@@ -110,6 +116,10 @@ class Ranker(nn.Module):
             nn.init.zeros_(self.adapter.weight)
             nn.init.zeros_(self.adapter.bias)
 
+    def id_parameters(self) -> list[nn.Parameter]:
+        """The hashed id tables: sparse and easy to overfit, so the trainer slows them down."""
+        return [t.weight for t in (self.item, self.item_bias, self.region, self.user)]
+
     def forward(self, batch: Batch) -> torch.Tensor:
         inputs = batch.features
         if self.config.text_dim:
@@ -120,7 +130,7 @@ class Ranker(nn.Module):
             inputs = torch.cat([inputs, similarity.unsqueeze(-1)], dim=-1)
         context = (self.region(batch.regions) + self.user(batch.users)).unsqueeze(1)
         ids = (self.item(batch.items) * context).sum(-1) + self.item_bias(batch.items).squeeze(-1)
-        scores = self.head(inputs).squeeze(-1) + ids
+        scores = self.head(inputs).squeeze(-1) + self.wide(inputs).squeeze(-1) + ids
         return scores.masked_fill(~batch.mask, float("-inf"))
 
     @torch.no_grad()

@@ -60,12 +60,13 @@ class Trainer:
     """Fine-tunes the ranker on each batch of examples and publishes what passes the gate."""
 
     def __init__(self, registry: Registry, config: RankerConfig | None = None, *, device: str = device,
-                 lr: float = 3e-3, epochs: int = 2, minibatch: int = 32, replay_size: int = 20_000,
-                 replay_ratio: float = 1.0, holdout_every: int = 10, holdout_size: int = 500,
+                 lr: float = 3e-3, id_lr_scale: float = 0.1, epochs: int = 2, minibatch: int = 32,
+                 replay_size: int = 20_000, replay_ratio: float = 1.0, holdout_every: int = 10, holdout_size: int = 500,
                  gate_tolerance: float = 0.01, seed: int = 0) -> None:
         self.registry = registry
         self.config = config or RankerConfig()
         self.device = device
+        self.id_lr_scale = id_lr_scale
         self.lr, self.epochs, self.minibatch = lr, epochs, minibatch
         self.replay: deque[Example] = deque(maxlen=replay_size)
         self.replay_ratio = replay_ratio
@@ -124,7 +125,10 @@ class Trainer:
         if not examples:
             return 0
         model.train()
-        optimiser = torch.optim.Adam(model.parameters(), lr=self.lr)
+        ids = {id(p) for p in model.id_parameters()}
+        optimiser = torch.optim.Adam([
+            {"params": [p for p in model.parameters() if id(p) not in ids]},
+            {"params": model.id_parameters(), "lr": self.lr * self.id_lr_scale}], lr=self.lr)
         seen = 0
         for _ in range(self.epochs):
             order = self.random.sample(examples, len(examples))

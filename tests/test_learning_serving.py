@@ -1,0 +1,83 @@
+"""Model versions over HTTP, and the trainer worker on a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from models.live import LiveModel
+from models.ranker import Ranker, RankerConfig
+from models.registry import Registry
+from models.trainer import Trainer
+from models.trainer_worker import run_trainer
+from relevo.settings import Settings
+from serving import models as models_api
+from tests.test_learning import build_examples, planted_stream
+
+SMALL = RankerConfig(item_buckets=256, user_buckets=16, region_buckets=8, hidden=8)
+ADMIN = {"X-API-Key": "admin-secret"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    registry = Registry(tmp_path)
+    for parent in (None, 1):
+        registry.publish(Ranker(SMALL), parent=parent, window=(0, 1), figures={"prequential_mrr": 0.5})
+    app = FastAPI()
+    app.state.settings = Settings(admin_keys="admin-secret")
+    app.state.models = LiveModel(registry)
+    app.state.models.refresh()
+    app.include_router(models_api.router)
+    return TestClient(app)
+
+
+def test_models_are_listed_newest_first_with_their_figures(client: TestClient) -> None:
+    body = client.get("/v1/models").json()
+    assert body["serving"] == 2 and [v["version"] for v in body["versions"]] == [2, 1]
+    assert body["versions"][0]["parent"] == 1 and body["versions"][0]["figures"]["prequential_mrr"] == 0.5
+
+
+def test_rollback_and_promote_need_the_admin_key(client: TestClient) -> None:
+    assert client.post("/v1/models/2/rollback").status_code == 401
+    assert client.post("/v1/models/2/rollback", headers={"X-API-Key": "nope"}).status_code == 403
+    body = client.post("/v1/models/2/rollback", headers=ADMIN).json()
+    assert body["serving"] == 1 and body["registry_current"] == 1
+    assert client.post("/v1/models/2/promote", headers=ADMIN).json()["serving"] == 2
+    missing = client.post("/v1/models/9/promote", headers=ADMIN)
+    assert missing.status_code == 404 and "9" in missing.json()["detail"]
+    assert client.post("/v1/models/1/rollback", headers=ADMIN).status_code == 409  # v1 is not serving
+
+
+async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{tmp_path.name[-8:]}.",
+                        session_timeout_s=6.0, partitions=1, app_id=f"trainer-{tmp_path.name[-8:]}")
+    registry = Registry(tmp_path)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_trainer(settings, registry, Trainer(registry, SMALL, device="cpu"), stop))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    updates = AIOKafkaConsumer(settings.topic("model.updates"), bootstrap_servers=kafka_bootstrap,
+                               auto_offset_reset="earliest")
+    await producer.start()
+    try:
+        batches = await build_examples(planted_stream(100))
+        await asyncio.sleep(1)  # the worker creates the topics
+        for batch in batches:
+            await producer.send_and_wait(settings.topic("train.batches"), orjson.dumps(batch))
+        await updates.start()
+        message = await asyncio.wait_for(updates.getone(), timeout=60)
+        announced = orjson.loads(message.value)
+        assert announced["version"] == registry.current() and announced["sha256"]
+        assert "mrr" in announced["prequential"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, timeout=30)
+        await producer.stop()
+        await updates.stop()
