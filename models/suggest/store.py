@@ -10,7 +10,8 @@ Layout, under ``{prefix}:sugg``:
   at ``per_prefix``.
 - ``:u:{user}`` — the user's own queries; ``:qc:{digest}`` — categories clicked
   after a query; ``:d:{digest}`` — the query as last typed, for display;
-  ``:sq:…`` — one count per (session, query); ``:seen:{event}``;
+  ``:sq:…`` — one count per (session, query); ``:seen:b{n}`` — event ids applied
+  in time bucket n (wall clock, ``dedupe_window_s`` over ``DEDUPE_BUCKETS``);
   ``:s:{search_id}`` — a search remembered for the clicks that follow it.
 
 Each decayed set carries its forward-decay landmark in ``{key}~L``. Writes are one
@@ -22,6 +23,7 @@ node (not a cluster).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.resources import files
@@ -36,6 +38,7 @@ from models.suggest.ranking import Candidate
 UPDATE_LUA = files("models.suggest").joinpath("update.lua").read_text()
 CANDIDATES_LUA = files("models.suggest").joinpath("candidates.lua").read_text()
 DEFAULT_KEYS = Keys()
+DEDUPE_BUCKETS = 12
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,12 @@ class SuggestionStore:
         per_ms = math.log(2) / 1000
         self._lambda_long = per_ms / config.long_half_life_s
         self._lambda_short = per_ms / config.short_half_life_s
+        self._bucket_s = max(1, config.dedupe_window_s // DEDUPE_BUCKETS)
+
+    def seen_keys(self, now_s: float) -> list[str]:
+        """The dedupe buckets covering the window, newest first (a set per bucket, not a key per id)."""
+        current = int(now_s) // self._bucket_s
+        return [f"{self.base}:seen:b{current - i}" for i in range(DEDUPE_BUCKETS + 1)]
 
     def search_key(self, search_id: str) -> str:
         return f"{self.base}:s:{safe_id(search_id)}"
@@ -94,7 +103,7 @@ class SuggestionStore:
     def payload(self, events: Sequence[QueryEvent]) -> bytes:
         c = self.config
         records = [
-            [f"{self.base}:seen:{safe_id(e.event_id)}", e.ts, int(e.is_search), safe_id(e.session_id),
+            [e.event_id, e.ts, int(e.is_search), safe_id(e.session_id),
              e.weight, e.query, _scope_payload(_scopes(e.region, e.locale)),
              safe_id(e.user_id) if e.user_id else "",
              [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category, e.text,
@@ -105,7 +114,8 @@ class SuggestionStore:
             "base": self.base, "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
             "min_support": c.min_support, "per_prefix": c.per_prefix, "max_queries": c.max_queries,
             "max_user_queries": c.max_user_queries, "max_categories": c.max_query_categories,
-            "ttl_s": c.ttl_s, "window_s": c.dedupe_window_s, "search_memory_s": c.search_memory_s,
+            "ttl_s": c.ttl_s, "search_memory_s": c.search_memory_s,
+            "seen_keys": self.seen_keys(time.time()), "seen_ttl_s": c.dedupe_window_s + self._bucket_s,
             "records": records,
         })
 

@@ -1,12 +1,13 @@
 -- Learn a batch of query events into the suggestion index, atomically and idempotently.
 -- ARGV[1] is a JSON payload (see models/suggest/store.py: SuggestionStore.payload):
 --   base, lambda_long, lambda_short (per ms), min_support, per_prefix, max_queries,
---   max_user_queries, max_categories, ttl_s, window_s, search_memory_s,
---   records: {seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text,
+--   max_user_queries, max_categories, ttl_s, search_memory_s,
+--   seen_keys (sets of applied event ids, one per time bucket, newest first), seen_ttl_s,
+--   records: {event_id, ts, is_search, session, weight, query, scopes, user, prefixes, category, text,
 --             memory_key, memory}
 -- (text: the query as typed, shown to users; query: its normalised form, the index key;
 --  memory: a search as JSON, kept at memory_key for the clicks that follow it)
--- A record whose seen key exists is skipped whole, so a redelivered batch changes nothing.
+-- A record whose event id is in a seen bucket is skipped whole: a redelivered batch changes nothing.
 -- A search counts once per (session, query): one session cannot hammer a query up.
 -- Decayed sums use forward decay against a per-key landmark (key .. "~L"), so every
 -- update is a pure increment; a landmark is rebased before exp() leaves double range.
@@ -50,11 +51,22 @@ local function support(query, ts)
   return s * math.exp(-p.lambda_long * (ts - landmark(key, ts, p.lambda_long)))
 end
 
+local ids = {}
+for i, r in ipairs(p.records) do ids[i] = r[1] end
+local seen, fresh = {}, {}
+for _, bucket in ipairs(p.seen_keys) do
+  for j, flag in ipairs(redis.call("SMISMEMBER", bucket, unpack(ids))) do
+    if flag == 1 then seen[ids[j]] = true end
+  end
+end
+
 for _, r in ipairs(p.records) do
-  local seen_key, ts, is_search, session, weight, query, scopes, user, prefixes, category, text =
+  local event_id, ts, is_search, session, weight, query, scopes, user, prefixes, category, text =
     r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
   local memory_key, memory = r[12], r[13]
-  if redis.call("SET", seen_key, 1, "NX", "EX", p.window_s) then
+  if not seen[event_id] then
+    seen[event_id] = true
+    table.insert(fresh, event_id)
     applied = applied + 1
     if ts > latest_ts then latest_ts = ts end
     local digest = string.sub(redis.sha1hex(query), 1, 16)
@@ -100,6 +112,10 @@ for _, r in ipairs(p.records) do
   end
 end
 
+if #fresh > 0 then
+  redis.call("SADD", p.seen_keys[1], unpack(fresh))
+  redis.call("EXPIRE", p.seen_keys[1], p.seen_ttl_s)
+end
 for key, cap in pairs(touched) do
   if redis.call("ZCARD", key) > cap then
     redis.call("ZREMRANGEBYRANK", key, 0, -cap - 1)
