@@ -147,7 +147,9 @@ def delay(events: Sequence[Event], metrics: Mapping[str, MetricSpec], batch: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="replay only the first N Trivago events")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="replay only the first N Trivago events (a smoke run: below about 60,000 "
+                             "the country has too few searches to pass the warm-up and detect anything)")
     parser.add_argument("--batch", type=int, default=500, help="events per processed batch")
     parser.add_argument("--change-at", type=float, default=0.4,
                         help="the change starts after this share of the country's events")
