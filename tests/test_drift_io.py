@@ -1,4 +1,5 @@
-"""Drift state across a restart, the alert store and its API on a real Redis, and the webhook sink."""
+"""Drift state across a restart, the alert store and its API on a real Redis, the topic on a real broker,
+and the webhook sink."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
 from drift.alerts import Alert
 from drift.monitor import DriftMonitor
-from drift.sinks import AlertStore, WebhookSink
+from drift.sinks import AlertStore, TopicSink, WebhookSink
 from features.keys import Keys
 from serving.alerts import router
 from tests.test_drift import Collect, run, searches
@@ -98,6 +102,22 @@ async def test_api_filters(api: httpx.AsyncClient, query: str, ids: list[str]) -
 async def test_api_rejects_bad_filters(api: httpx.AsyncClient, query: str) -> None:
     response = await api.get("/v1/alerts" + query)
     assert 400 <= response.status_code < 500 and response.json()["detail"]
+
+
+async def test_alerts_reach_the_topic(kafka_bootstrap: str) -> None:
+    topic = f"drift.alerts.{time.time_ns()}"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    await producer.start()
+    try:
+        monitor = DriftMonitor(sinks=[TopicSink(partial(producer.send_and_wait, topic))], ctr_timeout_ms=60_000)
+        await run(monitor, searches([(3000, 0.4), (800, 0.1)]))
+        await consumer.start()
+        message = await asyncio.wait_for(consumer.getone(), timeout=30)
+        assert orjson.loads(message.value)["metric"] == "ctr"
+    finally:
+        await producer.stop()
+        await consumer.stop()
 
 
 class Flaky(BaseHTTPRequestHandler):
