@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.report import record, table
 from models.context import ContextState
 from models.examples import ExamplesBuilder
@@ -55,6 +57,16 @@ def clickouts(events: Iterator[dict[str, Any]]) -> Iterator[tuple[list[dict[str,
         yield [held], None
 
 
+def segment(recency: dict[str, int], items: list[str], clicked: str) -> str:
+    """Which kind of clickout this is, by what the session touched before it."""
+    touched = [i for i in items if i in recency]
+    if not touched:
+        return "no item the session touched is shown"
+    if clicked == min(touched, key=recency.__getitem__):
+        return "clicks the item it touched last"
+    return "clicks another item" if clicked not in recency else "clicks an older touched item"
+
+
 class Replay:
     """The in-process loop plus the bookkeeping of every method's reciprocal ranks."""
 
@@ -68,6 +80,7 @@ class Replay:
         self.clicks: Counter[str] = Counter()
         self.ranks: dict[str, list[float]] = defaultdict(list)
         self.by_region: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.by_segment: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.clicked_at: dict[str, float] = {}
         self.refresh_latency: list[float] = []
         self.reports = []
@@ -104,6 +117,7 @@ class Replay:
             rr = reciprocal_rank(values, labels)
             self.ranks[method].append(rr)
             self.by_region[search["region"]][method].append(rr)
+            self.by_segment[segment(recency, items, clicked)][method].append(rr)
 
     async def run(self, events: Iterator[dict[str, Any]]) -> None:
         for group, clicked in clickouts(events):
@@ -122,6 +136,7 @@ def main() -> None:
     parser.add_argument("--wait-s", type=float, default=5.0, help="event-time wait for late outcomes")
     parser.add_argument("--path", type=Path, default=TRIVAGO)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # a small model: more threads only contend on a busy 2-core machine
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:
         replay = Replay(Path(root), args.batch_size, args.wait_s)
@@ -132,6 +147,9 @@ def main() -> None:
     regions = sorted(replay.by_region, key=lambda r: -len(replay.by_region[r]["original order"]))[:10]
     headers = ["method", "MRR all", *[f"{r} ({len(replay.by_region[r]['original order'])})" for r in regions]]
     rows = [[m, mean(replay.ranks[m]), *[mean(replay.by_region[r][m]) for r in regions]] for m in METHODS]
+    segments = sorted(replay.by_segment, key=lambda g: -len(replay.by_segment[g]["original order"]))
+    by_segment = table(["method", *[f"{g} ({len(replay.by_segment[g]['original order'])})" for g in segments]],
+                       [[m, *[mean(replay.by_segment[g][m]) for g in segments]] for m in METHODS])
     published = [r for r in replay.reports if r.published]
     trained = [r for r in replay.reports if r.trained]
     latency = sorted(replay.refresh_latency) or [float("nan")]
@@ -148,7 +166,7 @@ def main() -> None:
         f"(searches carry none); wall time {elapsed:.0f} s",
     ])
     record("Ranking quality, Trivago slice, prequential end to end (examples -> trainer -> registry -> "
-           "serving)", None, table(headers, rows), notes)
+           "serving)", None, table(headers, rows) + "\n\nMRR by kind of clickout:\n\n" + by_segment, notes)
 
 
 if __name__ == "__main__":

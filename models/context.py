@@ -181,7 +181,7 @@ class ContextState:
         rows = []
         for p, item in enumerate(items):
             touch = touches.get(item)
-            offset = 0.0 if last_pos is None else max(-1.0, min(1.0, (p - last_pos) / max(n, 1)))
+            offset = 0.0 if last_pos is None else max(-5, min(5, p - last_pos)) / 5
             rows.append([
                 1.0 / (1 + p), p / max(n - 1, 1), price_rank[p], price_gap[p],
                 float(touch is not None),

@@ -6,7 +6,8 @@ time: its own clicks are never in its features). Clicks, carts and purchases
 that follow it raise the grade of the item they name, matched by
 ``search_id``, else by session and item within ``join_window_s``. Once the
 stream clock (event time) passes the search time plus ``wait_s`` the example is
-final and goes into a batch; batches leave through ``emit`` by size or age.
+final and goes into a batch; batches leave through ``emit`` by size or age
+(age is checked whenever events arrive, and ``close`` flushes the rest).
 
 >>> import asyncio
 >>> batches = []
@@ -51,7 +52,7 @@ class ExamplesBuilder:
 
     name = "examples"
 
-    def __init__(self, emit: Emit, *, wait_s: float = 60.0, join_window_s: float = 1800.0,
+    def __init__(self, emit: Emit, *, wait_s: float = 10.0, join_window_s: float = 1800.0,
                  batch_size: int = 256, batch_age_s: float = 5.0, state: ContextState | None = None,
                  remember_events: int = 200_000) -> None:
         self.emit = emit
