@@ -44,6 +44,13 @@ class Settings:
     worker_batch: int = _env_field("RELEVO_WORKER_BATCH", 500, "most records the worker takes at once")
     worker_batch_wait_s: float = _env_field("RELEVO_WORKER_BATCH_WAIT_S", 0.005, "longest wait to fill a batch")
     session_timeout_s: float = _env_field("RELEVO_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout")
+    processors: str = _env_field("RELEVO_PROCESSORS", "features,drift,suggestions,examples",
+                                 "what the worker does with each batch, in order")
+    alert_webhook_url: str = _env_field("RELEVO_ALERT_WEBHOOK_URL", "", "POST drift alerts here (empty: off)")
+    alert_webhook_timeout_s: float = _env_field("RELEVO_ALERT_WEBHOOK_TIMEOUT_S", 2.0, "webhook timeout")
+    alert_webhook_retries: int = _env_field("RELEVO_ALERT_WEBHOOK_RETRIES", 3, "webhook retries")
+    drift_cooldown_s: int = _env_field("RELEVO_DRIFT_COOLDOWN_S", 1800, "quiet time after an alert per metric")
+    registry_dir: Path = _env_field("RELEVO_REGISTRY_DIR", Path(".relevo/registry"), "model registry directory")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")
 
     @property
@@ -57,6 +64,10 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of a topic, with the configured prefix."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def processor_names(self) -> list[str]:
+        return [p.strip() for p in self.processors.split(",") if p.strip()]
 
     @property
     def api_key_set(self) -> frozenset[str]:

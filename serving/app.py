@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Iterable
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from drift.sinks import AlertStore
 from features.keys import Keys
 from features.store import OnlineStore
 from relevo import __version__
 from relevo.settings import Settings
-from serving import features, ingest, ops
+from serving import alerts, features, ingest, ops
 from streams.events import Event
 from streams.lag import consumer_lag
 from streams.producer import EventProducer
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
         state.store = OnlineStore(state.redis, state.keys)
         state.ingest = KafkaIngest(settings)
         state.lag = LagMonitor(settings)
+        state.alerts = AlertStore(state.redis, state.keys)
         await state.ingest.start()
         lag_task = asyncio.create_task(state.lag.run())
         try:
@@ -83,7 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Relevo", version=__version__, lifespan=lifespan,
                   description="Streaming personalization for e-commerce search.")
-    for module in (ops, ingest, features):
+    for module in (ops, ingest, features, alerts):
         app.include_router(module.router)
     return app
 

@@ -12,23 +12,23 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 import faust
 import redis.asyncio as aioredis
 
 from features.keys import Keys
-from features.store import FeatureWriter
 from relevo.settings import Settings
 from relevo.stats import WorkerStats
 from streams.events import EVENT_TYPES
 from streams.pipeline import EventPipeline, Record
-from streams.processors import BatchProcessor
-from streams.topics import DLQ, event_topic
+from streams.topics import DLQ, DRIFT_ALERTS, TRAIN_BATCHES, event_topic
+from streams.wiring import build_processors
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, extra_processors: tuple[BatchProcessor, ...] = ()) -> faust.App:
+def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -43,6 +43,8 @@ def create_app(settings: Settings, extra_processors: tuple[BatchProcessor, ...] 
     topic_types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
     events = app.topic(*topic_types, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DLQ), key_serializer="raw", value_serializer="raw")
+    outputs = {name: app.topic(settings.topic(name), key_serializer="raw", value_serializer="raw")
+               for name in (DRIFT_ALERTS, TRAIN_BATCHES)}
 
     redis = aioredis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.key_prefix)
@@ -58,7 +60,8 @@ def create_app(settings: Settings, extra_processors: tuple[BatchProcessor, ...] 
 
     @app.agent(events)
     async def process_events(stream: faust.Stream) -> None:
-        processors = (FeatureWriter(redis, keys, settings.dedupe_window_s), *extra_processors)
+        send = {name: _sender(topic) for name, topic in outputs.items()}
+        processors = build_processors(settings, redis, keys, send)
         pipeline = EventPipeline(processors, send_dlq, WorkerStats(redis, keys), topic_types,
                                  settings.max_event_bytes)
         log.info("worker ready: %s -> %s", ", ".join(topic_types), ", ".join(p.name for p in processors))
@@ -69,6 +72,12 @@ def create_app(settings: Settings, extra_processors: tuple[BatchProcessor, ...] 
             await pipeline.close()
 
     return app
+
+
+def _sender(topic: faust.TopicT) -> Callable[[bytes], Awaitable[None]]:
+    async def send(value: bytes) -> None:
+        await topic.send(value=value)
+    return send
 
 
 def _record(event: faust.EventT) -> Record:

@@ -70,12 +70,12 @@ def wait_applied(client: redis.Redis, stats_key: str, n: int, timeout: float = 6
 
 
 def feature_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
-    """Every feature key under ``prefix`` (not the dedupe sets or stats), prefix stripped."""
+    """Every feature key under ``prefix``, prefix stripped."""
     snapshot: dict[str, object] = {}
     for key in client.scan_iter(f"{prefix}:*"):
         name = key.decode()[len(prefix) + 1:]
-        if name.split(":")[0] in ("seen", "stats", "workers", "clock") or name.endswith("~L"):
-            continue
+        if name.split(":")[0] not in ("user", "session", "region", "item") or name.endswith("~L"):
+            continue  # not a feature: dedupe sets, stats, other processors' keys, landmarks
         kind = client.type(key).decode()
         if kind == "zset":
             snapshot[name] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}

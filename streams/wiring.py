@@ -1,0 +1,66 @@
+"""Which processors a worker runs, built from the settings (``RELEVO_PROCESSORS``).
+
+Each processor is plain Python over validated batches (``streams.processors``);
+this is the one place that knows their constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from features.keys import Keys
+from features.store import FeatureWriter
+from relevo.settings import Settings
+from streams.processors import BatchProcessor
+
+Send = Callable[[bytes], Awaitable[object]]
+
+
+def _features(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
+    return FeatureWriter(redis, keys, settings.dedupe_window_s)
+
+
+def _drift(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
+    from drift.monitor import DriftMonitor
+    from drift.sinks import MetricsSink, TopicSink, WebhookSink
+
+    sinks: list = [MetricsSink(), TopicSink(send["drift.alerts"])]
+    if settings.alert_webhook_url:
+        sinks.append(WebhookSink(settings.alert_webhook_url, timeout_s=settings.alert_webhook_timeout_s,
+                                 retries=settings.alert_webhook_retries))
+    return DriftMonitor(redis, sinks, keys=keys, cooldown_ms=settings.drift_cooldown_s * 1000)
+
+
+def _suggestions(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
+    from models.suggest.processor import SuggestionUpdater
+
+    return SuggestionUpdater(redis, keys)
+
+
+def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
+    import orjson
+
+    from models.examples import ExamplesBuilder
+
+    async def emit(batch: list[dict]) -> None:
+        await send["train.batches"](orjson.dumps(batch))
+    return ExamplesBuilder(emit)
+
+
+BUILDERS: dict[str, Callable[[Settings, aioredis.Redis, Keys, dict[str, Send]], BatchProcessor]] = {
+    "features": _features,
+    "drift": _drift,
+    "suggestions": _suggestions,
+    "examples": _examples,
+}
+
+
+def build_processors(settings: Settings, redis: aioredis.Redis, keys: Keys,
+                     send: dict[str, Send]) -> list[BatchProcessor]:
+    """The processors named in the settings, in order; ``send`` maps topic names to producers."""
+    unknown = [n for n in settings.processor_names if n not in BUILDERS]
+    if unknown:
+        raise ValueError(f"RELEVO_PROCESSORS names unknown processors {unknown}; known: {sorted(BUILDERS)}")
+    return [BUILDERS[name](settings, redis, keys, send) for name in settings.processor_names]
