@@ -78,6 +78,7 @@ class Trainer:
         self.version: int | None = None
         self.model = Ranker(self.config).to(device)
         self._seen = 0
+        self._optimiser_state: dict[str, Any] | None = None  # Adam's moments, carried between updates
         self.resume()
 
     def resume(self) -> None:
@@ -87,6 +88,7 @@ class Trainer:
             self.model = self.registry.load(serving, self.device)
             self.config = self.model.config
             self.version = serving
+            self._optimiser_state = None
             log.info("trainer resumes from model v%d", serving)
 
     def update(self, batch: Sequence[Example]) -> UpdateReport:
@@ -101,7 +103,7 @@ class Trainer:
                                                              int(len(fresh) * self.replay_ratio)))
         candidate = copy.deepcopy(self.model)
         started = time.perf_counter()
-        report.trained = self._fit(candidate, fresh + replayed)
+        report.trained, optimiser_state = self._fit(candidate, fresh + replayed)
         report.train_seconds = time.perf_counter() - started
         self.replay.extend(fresh)
         if self.version is not None and self.holdout:
@@ -118,17 +120,20 @@ class Trainer:
         report.published = self.registry.publish(candidate, parent=self.version,
                                                  window=(min(timestamps), max(timestamps)), figures=figures)
         self.model, self.version = candidate, report.published.version
+        self._optimiser_state = optimiser_state
         return report
 
-    def _fit(self, model: Ranker, examples: list[Example]) -> int:
-        """A few epochs of listwise training; returns the number of lists seen."""
+    def _fit(self, model: Ranker, examples: list[Example]) -> tuple[int, dict[str, Any] | None]:
+        """A few epochs of listwise training; returns the lists seen and the optimiser state."""
         if not examples:
-            return 0
+            return 0, self._optimiser_state
         model.train()
         ids = {id(p) for p in model.id_parameters()}
         optimiser = torch.optim.Adam([
             {"params": [p for p in model.parameters() if id(p) not in ids]},
             {"params": model.id_parameters(), "lr": self.lr * self.id_lr_scale}], lr=self.lr)
+        if self._optimiser_state is not None:
+            optimiser.load_state_dict(self._optimiser_state)
         seen = 0
         for _ in range(self.epochs):
             order = self.random.sample(examples, len(examples))
@@ -140,7 +145,7 @@ class Trainer:
                 loss.backward()
                 optimiser.step()
                 seen += len(chunk)
-        return seen
+        return seen, copy.deepcopy(optimiser.state_dict())
 
     @torch.no_grad()
     def evaluate(self, model: Ranker, examples: Sequence[Example]) -> dict[str, float]:

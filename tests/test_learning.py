@@ -140,7 +140,7 @@ class KilledMidUpdate(RuntimeError):
 class CrashingTrainer(Trainer):
     """Dies after fine-tuning, before publishing: as a SIGKILL at the worst moment would."""
 
-    def _fit(self, model: Ranker, examples: list[dict[str, Any]]) -> int:
+    def _fit(self, model: Ranker, examples: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
         super()._fit(model, examples)
         raise KilledMidUpdate
 
@@ -162,11 +162,11 @@ async def test_trainer_killed_mid_update_resumes_from_the_last_published_version
 class SabotagingTrainer(Trainer):
     """Fine-tuning that wrecks the ranking head: the gate must refuse it."""
 
-    def _fit(self, model: Ranker, examples: list[dict[str, Any]]) -> int:
+    def _fit(self, model: Ranker, examples: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
         with torch.no_grad():
             for param in model.parameters():
                 param.mul_(-50.0)
-        return len(examples)
+        return len(examples), None
 
 
 async def test_the_gate_refuses_weights_worse_than_serving(tmp_path: Path) -> None:
