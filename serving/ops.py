@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -38,8 +39,8 @@ async def readyz(request: Request, response: Response) -> dict[str, Any]:
 class StatsCollector(Collector):
     """Exposes the worker statistics (kept in Redis) as Prometheus metrics."""
 
-    def __init__(self, stats: dict[str, Any], lag: dict[str, int]) -> None:
-        self.counters, self.lag = stats["counters"], lag
+    def __init__(self, stats: dict[str, Any], lag: dict[str, int], alerts: list[Any]) -> None:
+        self.counters, self.lag, self.alerts = stats["counters"], lag, alerts
 
     def collect(self):  # type: ignore[no-untyped-def]
         consumed = CounterMetricFamily("relevo_events_consumed", "valid events consumed", labels=["topic"])
@@ -58,7 +59,13 @@ class StatsCollector(Collector):
         lag = GaugeMetricFamily("relevo_consumer_lag", "records waiting for the worker group", labels=["topic"])
         for topic, value in self.lag.items():
             lag.add_metric([topic], value)
-        yield from (consumed, records, dlq, applied, duplicates, lag, self._freshness())
+        drift = GaugeMetricFamily("relevo_drift_alerts_open", "drift alerts open now",
+                                  labels=["region", "metric", "severity"])
+        open_alerts: Counter[tuple[str, str, str]] = Counter(
+            (a.region, a.metric, a.severity) for a in self.alerts if not a.resolved)
+        for labels, n in open_alerts.items():
+            drift.add_metric(list(labels), n)
+        yield from (consumed, records, dlq, applied, duplicates, lag, drift, self._freshness())
 
     def _freshness(self) -> HistogramMetricFamily:
         cumulative, buckets = 0.0, []
@@ -77,5 +84,6 @@ class StatsCollector(Collector):
 async def metrics(request: Request) -> Response:
     state = request.app.state
     registry = CollectorRegistry()
-    registry.register(StatsCollector(await read_stats(state.redis, state.keys), state.lag.latest))
+    alerts = await state.alerts.query(active_only=True, limit=1000)
+    registry.register(StatsCollector(await read_stats(state.redis, state.keys), state.lag.latest, alerts))
     return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
