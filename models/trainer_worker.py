@@ -5,7 +5,7 @@ array of examples, as ``ExamplesBuilder`` emits them through ``kafka_emitter``),
 runs ``Trainer.update`` on what arrived, announces every published version on
 ``model.updates`` and only then commits the offsets: a worker killed mid-update
 gets the same examples again and resumes from the last published version.
-Serving follows the announcements with ``follow_updates``.
+Serving follows the announcements with ``models.follow.follow_updates``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from models.examples import Emit
-from models.live import LiveModel
 from models.ranker import device as default_device
 from models.registry import Registry
 from models.trainer import Trainer, UpdateReport
@@ -79,24 +78,6 @@ async def run_trainer(settings: Settings, registry: Registry, trainer: Trainer,
     finally:
         await consumer.stop()
         await producer.stop()
-
-
-async def follow_updates(live: LiveModel, settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serving side: reload ``live`` whenever ``model.updates`` announces a version.
-
-    No consumer group: every serving replica sees every announcement.
-    """
-    stop = stop or asyncio.Event()
-    consumer = AIOKafkaConsumer(settings.topic(MODEL_UPDATES), bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="latest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await asyncio.to_thread(live.refresh)
-        while not stop.is_set():
-            if await consumer.getmany(timeout_ms=500):
-                await asyncio.to_thread(live.refresh)
-    finally:
-        await consumer.stop()
 
 
 def trainer_command(args: argparse.Namespace, settings: Settings) -> int:

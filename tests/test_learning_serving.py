@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from models.context import ContextState
+from models.follow import follow_events, follow_updates
 from models.live import LiveModel
 from models.ranker import Ranker, RankerConfig
 from models.registry import Registry
@@ -19,6 +21,7 @@ from models.trainer import Trainer
 from models.trainer_worker import run_trainer
 from relevo.settings import Settings
 from serving import models as models_api
+from streams.topics import ensure_topics
 from tests.test_learning import build_examples, planted_stream
 
 SMALL = RankerConfig(item_buckets=256, user_buckets=16, region_buckets=8, hidden=8)
@@ -81,3 +84,31 @@ async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_
         await asyncio.wait_for(worker, timeout=30)
         await producer.stop()
         await updates.stop()
+
+
+async def test_serving_follows_events_and_model_updates(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"f{tmp_path.name[-8:]}.",
+                        partitions=1)
+    await ensure_topics(settings)
+    registry = Registry(tmp_path)
+    live, state, stop = LiveModel(registry), ContextState(), asyncio.Event()
+    followers = [asyncio.create_task(follow_events(state, settings, stop, from_beginning=True)),
+                 asyncio.create_task(follow_updates(live, settings, stop))]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        click = {"type": "click", "event_id": "c1", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s",
+                 "region": "FR", "item_id": "a", "kind": "view"}
+        await producer.send_and_wait(settings.topic("events.click"), orjson.dumps([click, {"type": "click"}]))
+        await asyncio.sleep(1.5)  # the update follower is listening from the end of the topic now
+        registry.publish(Ranker(SMALL), parent=None, window=(0, 1), figures={})
+        await producer.send_and_wait(settings.topic("model.updates"), orjson.dumps({"version": 1}))
+        for _ in range(100):
+            if live.version == 1 and state.session_items("s") == ["a"]:
+                break
+            await asyncio.sleep(0.1)
+        assert live.version == 1 and state.session_items("s") == ["a"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*followers), timeout=10)
+        await producer.stop()
