@@ -61,13 +61,12 @@ class Trainer:
 
     def __init__(self, registry: Registry, config: RankerConfig | None = None, *, device: str = device,
                  lr: float = 3e-3, id_lr_scale: float = 0.1, epochs: int = 2, minibatch: int = 32,
-                 replay_size: int = 20_000, replay_ratio: float = 1.0, holdout_every: int = 10, holdout_size: int = 500,
-                 gate_tolerance: float = 0.01, seed: int = 0) -> None:
+                 replay_size: int = 20_000, replay_ratio: float = 1.0, holdout_every: int = 10,
+                 holdout_size: int = 500, gate_tolerance: float = 0.01, seed: int = 0) -> None:
         self.registry = registry
         self.config = config or RankerConfig()
         self.device = device
-        self.id_lr_scale = id_lr_scale
-        self.lr, self.epochs, self.minibatch = lr, epochs, minibatch
+        self.lr, self.id_lr_scale, self.epochs, self.minibatch = lr, id_lr_scale, epochs, minibatch
         self.replay: deque[Example] = deque(maxlen=replay_size)
         self.replay_ratio = replay_ratio
         self.holdout: deque[Example] = deque(maxlen=holdout_size)
