@@ -1,8 +1,10 @@
 """Intent accuracy: Amazon titles, in each market's language, as queries; the predicted
 Google taxonomy category must fall under the one matching the title's product_category.
 
-Baselines in the same run: always the most common category, and the same classifier
-with English labels only (instead of labels in 12 languages).
+Systems: label similarity alone (English labels only, a baseline; labels in 12
+languages), and labels plus votes from the categories of the catalog items the query
+retrieves, over a catalog that holds none of the sampled products (no leakage).
+Baseline: always the most common category.
 
     python -m bench.intent [--per-market 400] [--encoder use]
 """
@@ -19,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import record, table
+from models.catalog import load_amazon
 from models.encoder import DEFAULT_ENCODER, load_encoder
+from models.retrieval import CatalogIndexer, HybridRetriever
 from models.taxonomy import IntentClassifier, read_taxonomy
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/amazon_multilingual/product_titles_by_market.tsv"
@@ -45,13 +49,13 @@ EXPECTED = {
 }
 
 
-def sample(per_market: int, seed: int = 3) -> list[tuple[str, str, str]]:
-    """(market, title, product_category), up to ``per_market`` per market."""
+def sample(per_market: int, seed: int = 3) -> list[tuple[str, str, str, str]]:
+    """(market, title, product_category, product_id), up to ``per_market`` per market."""
     by_market = defaultdict(list)
     with open(DATA, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
             by_market[row["marketplace"]].append((row["marketplace"], row["product_title"],
-                                                  row["product_category"]))
+                                                  row["product_category"], row["product_id"]))
     rng = random.Random(seed)
     return [case for rows in by_market.values() for case in rng.sample(rows, min(per_market, len(rows)))]
 
@@ -68,26 +72,36 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cases = sample(args.per_market)
     encoder = load_encoder(args.encoder, cache_dir=CACHE)
-    vectors = encoder.encode_queries([title for _, title, _ in cases])
-    categories = [category for *_, category in cases]
+    vectors = encoder.encode_queries([title for _, title, _, _ in cases])
+    categories = [category for _, _, category, _ in cases]
+    held_out = {product for *_, product in cases}
+    catalog = CatalogIndexer(encoder)
+    catalog.upsert(item for item in load_amazon(DATA) if item["item_id"] not in held_out)
+    retriever = HybridRetriever(catalog)
+    evidence = [[catalog.items[h.item_id]["category"] for h in retriever.retrieve(title, 10, vector)]
+                for (_, title, _, _), vector in zip(cases, vectors, strict=True)]
+    multilingual = IntentClassifier(read_taxonomy(), encoder)
     common = max(set(categories), key=categories.count)
     systems = {
         "always the most common category (baseline)": [[EXPECTED[common][0]]] * len(cases),
         "labels in English only (baseline)": IntentClassifier(read_taxonomy(locales=("en-US",)), encoder),
-        "labels in 12 languages": IntentClassifier(read_taxonomy(), encoder),
+        "labels in 12 languages": multilingual,
+        "labels in 12 languages + catalog votes": multilingual,
     }
-    markets = sorted({m for m, _, _ in cases})
+    markets = sorted({case[0] for case in cases})
     rows = []
     for name, system in systems.items():
+        votes = evidence if name.endswith("catalog votes") else None
         paths = system if isinstance(system, list) else [[c["path"] for c in hits]
-                                                          for hits in system.predict(vectors, k=3)]
+                                                          for hits in system.predict(vectors, 3, votes)]
         top1 = np.array([right(p[0], c) for p, c in zip(paths, categories, strict=True)])
         top3 = np.array([any(right(x, c) for x in p) for p, c in zip(paths, categories, strict=True)])
-        per_market = [top1[[m == market for m, _, _ in cases]].mean() for market in markets]
+        per_market = [top1[[case[0] == market for case in cases]].mean() for market in markets]
         rows.append([name, *[float(a) for a in per_market], float(top1.mean()), float(top3.mean())])
     headers = ["system", *[f"{m} ({MARKET_LANGUAGE[m]}) top-1" for m in markets], "all top-1", "all top-3"]
     notes = (f"{len(cases):,} titles ({args.per_market} per market), encoder `{args.encoder}`, taxonomy "
-             "paths up to 3 levels (1,580 categories). Right = the predicted path falls under the taxonomy "
+             f"paths up to 3 levels ({len(multilingual.ids):,} categories), catalog of {len(catalog):,} "
+             "products (the sampled ones held out). Right = the predicted path falls under the taxonomy "
              "path mapped by hand from the Amazon product_category (see EXPECTED in bench/intent.py).")
     record("Intent accuracy, Amazon titles vs product_category", None, table(headers, rows), notes)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from models.lexical import tokens
 from models.normalize import normalize
+from models.retrieval import CatalogIndexer, Hit, HybridRetriever
 from models.taxonomy import IntentClassifier
 
 _SCRIPTS = [("ja", re.compile(r"[\u3040-\u30ff]")), ("ko", re.compile(r"[\uac00-\ud7af]")),
@@ -72,12 +73,15 @@ def extract_attributes(query: str) -> list[dict]:
 class QueryUnderstanding:
     """Language, intent and entities of a query, against a catalog's vocabulary.
 
-    ``catalog`` is a ``CatalogIndexer`` (its brands and BM25 vocabulary are read live);
-    ``intents`` an ``IntentClassifier`` or None to skip intent.
+    ``catalog`` is read live (brands, BM25 vocabulary, the categories of the items a
+    query retrieves); ``intents`` is an ``IntentClassifier``, or None to skip intent.
     """
 
-    def __init__(self, catalog, intents: IntentClassifier | None = None, max_brand_words: int = 4) -> None:
+    def __init__(self, catalog: CatalogIndexer, intents: IntentClassifier | None = None,
+                 max_brand_words: int = 4, evidence_items: int = 10) -> None:
         self.catalog, self.intents, self.max_brand_words = catalog, intents, max_brand_words
+        self.evidence_items = evidence_items
+        self.retriever = HybridRetriever(catalog)
         self._brands: dict[str, str] = {}
         self._brands_version = -1
 
@@ -101,15 +105,20 @@ class QueryUnderstanding:
                   and self.catalog.lexical.document_frequency(t) > 0]
         return {"brands": list(dict.fromkeys(found)), "attributes": extract_attributes(query) + models}
 
-    def understand(self, query: str, locale: str | None = None,
-                   query_vector: np.ndarray | None = None) -> dict:
-        """Everything known about ``query``; pass ``query_vector`` if it is already encoded."""
+    def understand(self, query: str, locale: str | None = None, query_vector: np.ndarray | None = None,
+                   hits: list[Hit] | None = None) -> dict:
+        """Everything known about ``query``; pass ``query_vector`` and the retrieved
+        ``hits`` if the caller has them already."""
         language, confidence = identify_language(query, hint=locale)
         intent = []
         if self.intents is not None and query.strip():
             if query_vector is None:
                 query_vector = self.catalog.encoder.encode_queries([query])[0]
-            intent = self.intents.predict(query_vector[None], k=3)[0]
+            if hits is None:
+                hits = self.retriever.retrieve(query, self.evidence_items, query_vector)
+            categories = [self.catalog.items[h.item_id]["category"] for h in hits[:self.evidence_items]
+                          if h.item_id in self.catalog.items and self.catalog.items[h.item_id]["category"]]
+            intent = self.intents.predict(query_vector[None], k=3, evidence=[categories])[0]
         return {"query": query, "normalized": normalize(query),
                 "language": {"code": language, "confidence": confidence},
                 "intent": intent, "entities": self.entities(query)}

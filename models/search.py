@@ -137,8 +137,8 @@ class SearchService:
         context = self.context(user, region_features, locale)
         with self._blas.limit(limits=1, user_api="blas"):
             query_vector = self.catalog.encoder.encode_queries([query])[0]
-            understanding = self.understanding.understand(query, locale, query_vector)
             hits = self._candidates(query, query_vector, region, k)
+            understanding = self.understanding.understand(query, locale, query_vector, list(hits.values()))
         ranked = []
         for item_id, hit in hits.items():
             item = self.catalog.items[item_id]
