@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def registry_dir(settings: Settings) -> Path:
     """Where the registry lives unless ``--registry`` says otherwise."""
-    return settings.data_dir / "models"
+    return Path(settings.registry_dir) if settings.registry_dir else settings.data_dir / "models"
 
 
 def announcement(report: UpdateReport) -> dict[str, Any]:

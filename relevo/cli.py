@@ -5,6 +5,9 @@
     relevo worker          one stream worker (needs KAFKA_BOOTSTRAP_SERVERS, REDIS_URL or `relevo up`)
     relevo serve           the HTTP API
     relevo replay DATASET  a dataset into Kafka
+    relevo trainer         fine-tune the ranker from train.batches and publish versions
+    relevo catalog load    load a catalog (or the Amazon multilingual sample)
+    relevo suggest         query suggestions from the command line
     relevo settings        every environment variable and its default
 """
 
@@ -81,6 +84,9 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.catalog_cli import register_cli as register_catalog
+    from models.suggest.cli import register_cli as register_suggest
+    from models.trainer_worker import register_cli as register_trainer
     from streams.replay import register_cli as register_replay
 
     parser = argparse.ArgumentParser(prog="relevo", description=__doc__,
@@ -98,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="one stream worker").set_defaults(func=cmd_worker)
     sub.add_parser("serve", help="the HTTP API").set_defaults(func=cmd_serve)
     sub.add_parser("settings", help="environment variables and defaults").set_defaults(func=cmd_settings)
-    register_replay(sub)
+    for register in (register_replay, register_catalog, register_suggest, register_trainer):
+        register(sub)
     return parser
 
 
@@ -106,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "replay":
-        settings = _need_servers(settings, "replay", redis=False)
+    if args.command in ("replay", "trainer"):
+        settings = _need_servers(settings, args.command, redis=False)
+    elif args.command == "suggest":
+        settings = _need_servers(settings, args.command)
     return args.func(args, settings)
 
 

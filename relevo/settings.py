@@ -50,7 +50,7 @@ class Settings:
     alert_webhook_timeout_s: float = _env_field("RELEVO_ALERT_WEBHOOK_TIMEOUT_S", 2.0, "webhook timeout")
     alert_webhook_retries: int = _env_field("RELEVO_ALERT_WEBHOOK_RETRIES", 3, "webhook retries")
     drift_cooldown_s: int = _env_field("RELEVO_DRIFT_COOLDOWN_S", 1800, "quiet time after an alert per metric")
-    registry_dir: Path = _env_field("RELEVO_REGISTRY_DIR", Path(".relevo/registry"), "model registry directory")
+    registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")
 
     @property

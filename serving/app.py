@@ -13,9 +13,13 @@ from fastapi import FastAPI
 from drift.sinks import AlertStore
 from features.keys import Keys
 from features.store import OnlineStore
+from models.follow import follow_updates
+from models.live import LiveModel
+from models.registry import Registry
+from models.trainer_worker import registry_dir
 from relevo import __version__
 from relevo.settings import Settings
-from serving import alerts, features, ingest, ops
+from serving import alerts, features, ingest, models, ops
 from streams.events import Event
 from streams.lag import consumer_lag
 from streams.producer import EventProducer
@@ -74,24 +78,32 @@ def create_app(settings: Settings) -> FastAPI:
         state.ingest = KafkaIngest(settings)
         state.lag = LagMonitor(settings)
         state.alerts = AlertStore(state.redis, state.keys)
+        state.models = LiveModel(Registry(registry_dir(settings)))
         await state.ingest.start()
-        lag_task = asyncio.create_task(state.lag.run())
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(state.lag.run()),
+                 asyncio.create_task(follow_updates(state.models, settings, stop))]
         try:
             yield
         finally:
-            lag_task.cancel()
+            stop.set()
+            for task in tasks:
+                task.cancel()
             await state.ingest.stop()
             await state.redis.aclose()
 
     app = FastAPI(title="Relevo", version=__version__, lifespan=lifespan,
                   description="Streaming personalization for e-commerce search.")
-    for module in (ops, ingest, features, alerts):
+    for module in (ops, ingest, features, alerts, models):
         app.include_router(module.router)
     return app
 
 
 def serve(settings: Settings) -> None:
+    import torch
     import uvicorn
+
+    torch.set_num_threads(1)  # small models; more threads only contend with the event loop
 
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
                 log_level=settings.log_level.lower(), access_log=False)
