@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from relevo.runtime import Runtime
 
-    with Runtime(settings, workers=args.workers) as runtime:
+    with Runtime(settings, workers=args.workers, trainer=True) as runtime:
         log.info("Relevo is up: API %s (docs %s/docs), Kafka %s, Redis %s. Ctrl-C stops everything.",
                  runtime.api_url, runtime.api_url, runtime.settings.kafka_bootstrap_servers,
                  runtime.settings.redis_url)
@@ -75,7 +75,8 @@ def wait_for_interrupt(runtime: Any) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from relevo.demo import run_demo
 
-    return run_demo(settings, limit=args.limit, speed=args.speed, keep_running=args.keep_running)
+    return run_demo(settings, limit=args.limit, speed=args.speed, keep_running=args.keep_running,
+                    inject_drift=args.inject_drift)
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=2000.0,
                       help="compress event time by this factor (2000: the two days in about a minute)")
     demo.add_argument("--keep-running", action="store_true", help="stay up after the summary")
+    demo.add_argument("--inject-drift", metavar="REGION", default=None,
+                      help="drop half of REGION's clicks from 40%% of the replay on (e.g. BR), to see an alert")
     demo.set_defaults(func=cmd_demo)
     up = sub.add_parser("up", help="embedded stack + workers + API until Ctrl-C")
     up.add_argument("--workers", type=int, default=1)

@@ -43,12 +43,14 @@ BROKEN_RECORDS = [  # what a misbehaving shop sends: each must land in the DLQ w
 
 
 def run_demo(settings: Settings, limit: int | None = None, speed: float | None = None,
-             keep_running: bool = False) -> int:
+             keep_running: bool = False, inject_drift: str | None = None) -> int:
     settings = Settings(**{**settings.__dict__, "api_port": 0}) if settings.api_port == 8000 else settings
-    with Runtime(settings, workers=1) as runtime:
+    with Runtime(settings, workers=1, trainer=True) as runtime:
         log.info("stack up: API %s; waiting for the worker to join its group", runtime.api_url)
         runtime.wait_workers_ready()
         events = list(open_dataset("trivago"))[:limit]
+        if inject_drift:
+            events = with_drift(events, inject_drift)
         busiest_user = Counter(e["user_id"] for e in events).most_common(1)[0][0]
         busiest_region = Counter(e["region"] for e in events).most_common(1)[0][0]
         started = time.monotonic()
@@ -60,6 +62,8 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
         with httpx.Client(base_url=runtime.api_url, timeout=5) as api:
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
             summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
+            summary["models"] = api.get("/v1/models").json()
+            summary["alerts"] = api.get("/v1/alerts", params={"limit": 10}).json()
         sys.stdout.write(render(summary))
         if keep_running:
             from relevo.cli import wait_for_interrupt
@@ -67,6 +71,18 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
             log.info("still running: API %s (docs at /docs). Ctrl-C stops everything.", runtime.api_url)
             wait_for_interrupt(runtime)
     return 0
+
+
+def with_drift(events: list[dict[str, Any]], region: str, fraction: float = 0.5) -> list[dict[str, Any]]:
+    """Drop ``fraction`` of ``region``'s clicks from 40% of its events on: a click-through collapse."""
+    from drift.inject import drop_clicks
+
+    own = [e["ts"] for e in events if e["region"] == region]
+    if not own:
+        raise SystemExit(f"--inject-drift: no events in region {region!r}")
+    start = own[int(len(own) * 0.4)]
+    log.info("injecting drift: %.0f%% of %s's clicks dropped from ts %d on", fraction * 100, region, start)
+    return list(drop_clicks(events, region, start, fraction))
 
 
 async def _send(settings: Settings, events: list[dict[str, Any]], speed: float | None) -> Counter[str]:
@@ -144,5 +160,36 @@ def render(s: dict[str, Any]) -> str:
         f"    popular items   {_top(region.get('items', {}))}",
         f"    popular queries {_top(region.get('queries', {}))}",
         "",
+        *_render_models(s["models"]),
+        "",
+        *_render_alerts(s["alerts"]),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _render_models(listing: Any) -> list[str]:
+    versions = listing.get("versions", listing) if isinstance(listing, dict) else listing
+    if not versions:
+        return ["models: no version published yet (the trainer needs labelled examples)"]
+    lines = [f"models: {len(versions)} versions published; prequential MRR of each update before it "
+             "learned from it:"]
+    step = max(1, len(versions) // 8)
+    for v in sorted(versions, key=lambda v: v['version'])[::step]:
+        figures = v.get("figures", {})
+        lines.append(f"    v{v['version']:<4} MRR {figures.get('prequential_mrr', float('nan')):.3f} "
+                     f"NDCG@10 {figures.get('prequential_ndcg@10', float('nan')):.3f} "
+                     f"on {int(figures.get('examples', 0))} examples")
+    return lines
+
+
+def _render_alerts(alerts: Any) -> list[str]:
+    alerts = alerts.get("alerts", alerts) if isinstance(alerts, dict) else alerts
+    if not alerts:
+        return ["drift alerts: none"]
+    lines = [f"drift alerts ({len(alerts)} newest):"]
+    for a in alerts:
+        state = "resolved" if a.get("resolved") else a.get("severity", "open")
+        lines.append(f"    {a['region']:>3} {a['metric']:<15} {a['detector']:<12} baseline {a['baseline']} "
+                     f"-> current {a['current']} ({state})")
+    return lines

@@ -67,14 +67,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 class Runtime(AbstractContextManager["Runtime"]):
-    """The embedded stack (unless external servers are configured), N workers and the API."""
+    """The embedded stack (unless external servers are configured), N workers, the trainer and the API."""
 
-    def __init__(self, settings: Settings, workers: int = 1, api: bool = True) -> None:
-        self.requested, self.n_workers, self.with_api = settings, workers, api
+    def __init__(self, settings: Settings, workers: int = 1, api: bool = True, trainer: bool = False) -> None:
+        self.requested, self.n_workers, self.with_api, self.with_trainer = settings, workers, api, trainer
         self.settings = settings
         self.stack: EmbeddedStack | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.api: subprocess.Popen[bytes] | None = None
+        self.trainer: subprocess.Popen[bytes] | None = None
 
     @property
     def logs(self) -> Path:
@@ -104,6 +105,8 @@ class Runtime(AbstractContextManager["Runtime"]):
                                              "api": self.api_url}))
         for _ in range(self.n_workers):
             self.start_worker()
+        if self.with_trainer:
+            self.trainer = spawn("trainer", s, self.logs / "trainer.log")
         if self.with_api:
             self.api = spawn("serve", s, self.logs / "api.log")
             self.wait_api()
@@ -146,7 +149,7 @@ class Runtime(AbstractContextManager["Runtime"]):
         raise TimeoutError(f"the API did not answer within {timeout:.0f}s; see {self.logs}/api.log")
 
     def close(self) -> None:
-        for proc in [*self.workers, *([self.api] if self.api else [])]:
+        for proc in [*self.workers, *(p for p in (self.trainer, self.api) if p)]:
             stop_process(proc)
         if self.stack:
             self.stack.stop()

@@ -15,6 +15,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.suggest.config import SuggestConfig
 
 
 def _env_field(env: str, default: object, doc: str) -> object:
@@ -50,6 +54,9 @@ class Settings:
     alert_webhook_timeout_s: float = _env_field("RELEVO_ALERT_WEBHOOK_TIMEOUT_S", 2.0, "webhook timeout")
     alert_webhook_retries: int = _env_field("RELEVO_ALERT_WEBHOOK_RETRIES", 3, "webhook retries")
     drift_cooldown_s: int = _env_field("RELEVO_DRIFT_COOLDOWN_S", 1800, "quiet time after an alert per metric")
+    suggest_blocklist: str = _env_field("RELEVO_SUGGEST_BLOCKLIST", "", "comma-separated terms never suggested")
+    suggest_min_support: float = _env_field("RELEVO_SUGGEST_MIN_SUPPORT", 1.5,
+                                            "decayed distinct sessions before a query is suggested")
     registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")
 
@@ -68,6 +75,14 @@ class Settings:
     @property
     def processor_names(self) -> list[str]:
         return [p.strip() for p in self.processors.split(",") if p.strip()]
+
+    def suggest_config(self) -> SuggestConfig:
+        """The suggestion index's configuration; the worker and the API must share it."""
+        from models.suggest.config import SuggestConfig
+
+        blocklist = tuple(t.strip() for t in self.suggest_blocklist.split(",") if t.strip())
+        return SuggestConfig(blocklist=blocklist, min_support=self.suggest_min_support,
+                             dedupe_window_s=self.dedupe_window_s)
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -16,10 +16,11 @@ from features.store import OnlineStore
 from models.follow import follow_updates
 from models.live import LiveModel
 from models.registry import Registry
+from models.suggest.service import SuggestService
 from models.trainer_worker import registry_dir
 from relevo import __version__
 from relevo.settings import Settings
-from serving import alerts, features, ingest, models, ops
+from serving import alerts, features, ingest, models, ops, suggest
 from streams.events import Event
 from streams.lag import consumer_lag
 from streams.producer import EventProducer
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         state.lag = LagMonitor(settings)
         state.alerts = AlertStore(state.redis, state.keys)
         state.models = LiveModel(Registry(registry_dir(settings)))
+        state.suggest = SuggestService(state.redis, state.keys, settings.suggest_config(), features=state.store)
         await state.ingest.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(state.lag.run()),
@@ -94,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Relevo", version=__version__, lifespan=lifespan,
                   description="Streaming personalization for e-commerce search.")
-    for module in (ops, ingest, features, alerts, models):
+    for module in (ops, ingest, features, alerts, models, suggest):
         app.include_router(module.router)
     return app
 

@@ -36,7 +36,7 @@ def _drift(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str
 def _suggestions(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
     from models.suggest.processor import SuggestionUpdater
 
-    return SuggestionUpdater(redis, keys)
+    return SuggestionUpdater(redis, keys, settings.suggest_config())
 
 
 def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
