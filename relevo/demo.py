@@ -63,7 +63,10 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
             summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
             summary["models"] = api.get("/v1/models").json()
-            summary["alerts"] = api.get("/v1/alerts", params={"limit": 10}).json()
+            summary["alerts"] = api.get("/v1/alerts", params={"limit": 5}).json()["alerts"]
+            if inject_drift:
+                summary["alerts"] = api.get("/v1/alerts", params={"region": inject_drift}).json()["alerts"] + [
+                    a for a in summary["alerts"] if a["region"] != inject_drift]
         sys.stdout.write(render(summary))
         if keep_running:
             from relevo.cli import wait_for_interrupt
@@ -183,13 +186,18 @@ def _render_models(listing: Any) -> list[str]:
     return lines
 
 
-def _render_alerts(alerts: Any) -> list[str]:
-    alerts = alerts.get("alerts", alerts) if isinstance(alerts, dict) else alerts
+def _short(level: Any) -> str:
+    if isinstance(level, dict):  # a mix: its three largest shares
+        return ", ".join(f"{k} {v:.2f}" for k, v in sorted(level.items(), key=lambda kv: -kv[1])[:3])
+    return f"{level:.3f}" if isinstance(level, float) else str(level)
+
+
+def _render_alerts(alerts: list[dict[str, Any]]) -> list[str]:
     if not alerts:
         return ["drift alerts: none"]
-    lines = [f"drift alerts ({len(alerts)} newest):"]
+    lines = ["drift alerts (the injected region's first, then the newest):"]
     for a in alerts:
         state = "resolved" if a.get("resolved") else a.get("severity", "open")
-        lines.append(f"    {a['region']:>3} {a['metric']:<15} {a['detector']:<12} baseline {a['baseline']} "
-                     f"-> current {a['current']} ({state})")
+        lines.append(f"    {a['region']:>3} {a['metric']:<15} {a['detector']:<8} baseline {_short(a['baseline'])} "
+                     f"-> current {_short(a['current'])} ({state})")
     return lines

@@ -16,6 +16,7 @@ from relevo.settings import Settings
 from streams.processors import BatchProcessor
 
 Send = Callable[[bytes], Awaitable[object]]
+EXAMPLES_PER_RECORD = 64
 
 
 def _features(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
@@ -45,7 +46,9 @@ def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[
     from models.examples import ExamplesBuilder
 
     async def emit(batch: list[dict]) -> None:
-        await send["train.batches"](orjson.dumps(batch))
+        # A labelled list carries a feature row per item: keep records well under Kafka's 1 MiB.
+        for start in range(0, len(batch), EXAMPLES_PER_RECORD):
+            await send["train.batches"](orjson.dumps(batch[start:start + EXAMPLES_PER_RECORD]))
     return ExamplesBuilder(emit)
 
 
