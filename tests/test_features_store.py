@@ -11,38 +11,7 @@ import redis.asyncio as aioredis
 from features.definitions import REGION_ITEMS, USER_ITEMS, USER_WEIGHTS
 from features.keys import Keys
 from features.store import FeatureWriter, OnlineStore
-
-T0 = 1_541_599_523_000
-
-
-def synthetic_events(n: int, seed: int = 7) -> list[dict]:
-    rng = random.Random(seed)
-    events = []
-    for i in range(n):
-        user, region, ts = f"u{rng.randrange(5)}", rng.choice(["FR", "DE"]), T0 + i * 60_000
-        common = {"event_id": f"e{i}", "ts": ts, "user_id": user, "session_id": f"{user}-s{i // 40}",
-                  "region": region, "locale": "fr-FR" if region == "FR" else "de-DE"}
-        item = f"i{rng.randrange(12)}"
-        if rng.random() < 0.3:
-            events.append({**common, "type": "search", "search_id": f"q{i}", "query": "Hôtel Paris",
-                           "results": [f"i{rng.randrange(12)}" for _ in range(5)]})
-        else:
-            kind = rng.choice(["view", "click", "cart"])
-            events.append({**common, "type": "click", "item_id": item, "kind": kind,
-                           "category": f"c{int(item[1:]) % 3}", "price": 50.0 + rng.randrange(100)})
-    return events
-
-
-def expected_decayed(events: list[dict], as_of: int, entity_key: str, weights: dict[str, float],
-                     half_life_s: float) -> dict[tuple[str, str], float]:
-    totals: dict[tuple[str, str], float] = {}
-    for ev in events:
-        if ev["type"] != "click" or not weights.get(ev["kind"]):
-            continue
-        k = (ev[entity_key], ev["item_id"])
-        age_s = (as_of - ev["ts"]) / 1000
-        totals[k] = totals.get(k, 0.0) + weights[ev["kind"]] * math.pow(2, -age_s / half_life_s)
-    return totals
+from tests.streamkit import T0, expected_decayed, synthetic_events
 
 
 @pytest.fixture
