@@ -171,18 +171,20 @@ def render(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render_models(listing: Any) -> list[str]:
-    versions = listing.get("versions", listing) if isinstance(listing, dict) else listing
+def _render_models(listing: dict[str, Any]) -> list[str]:
+    versions = sorted(listing.get("versions", []), key=lambda v: v["version"])
     if not versions:
         return ["models: no version published yet (the trainer needs labelled examples)"]
-    lines = [f"models: {len(versions)} versions published; prequential MRR of each update before it "
-             "learned from it:"]
+    lines = [f"models: {len(versions)} versions published, v{listing.get('serving')} serving. Live MRR: each "
+             "clickout ranked by the model of its time, before learning from it (running mean):"]
+    lists = mrr_sum = 0.0
     step = max(1, len(versions) // 8)
-    for v in sorted(versions, key=lambda v: v['version'])[::step]:
+    for i, v in enumerate(versions):
         figures = v.get("figures", {})
-        lines.append(f"    v{v['version']:<4} MRR {figures.get('prequential_mrr', float('nan')):.3f} "
-                     f"NDCG@10 {figures.get('prequential_ndcg@10', float('nan')):.3f} "
-                     f"on {int(figures.get('examples', 0))} examples")
+        n = figures.get("prequential_lists", 0)
+        lists, mrr_sum = lists + n, mrr_sum + n * figures.get("prequential_mrr", 0.0)
+        if (i % step == 0 or i == len(versions) - 1) and lists:
+            lines.append(f"    after v{v['version']:<4} {int(lists):>6} clickouts  MRR {mrr_sum / lists:.3f}")
     return lines
 
 
