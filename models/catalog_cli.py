@@ -1,4 +1,5 @@
-"""The catalog on disk under the data dir, the search service built on it, and the
+"""The catalog on disk under the data dir: opening it, keeping it fed from the
+``catalog.items`` topic, the search service built on it, and the
 ``relevo catalog load FILE [--amazon]`` command.
 
 Layout under ``settings.data_dir``: ``catalog/`` (items + vectors, see
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -32,6 +35,32 @@ def open_catalog(data_dir: Path, encoder_name: str = DEFAULT_ENCODER) -> Catalog
     """The saved catalog (empty if none), with an encoder whose item side is cached on disk."""
     encoder = load_encoder(encoder_name, cache_dir=Path(data_dir) / "cache" / "embeddings")
     return CatalogIndexer.open(catalog_dir(data_dir), encoder)
+
+
+class CatalogConsumer:
+    """Consumer of ``catalog.items`` records: upserts each batch (idempotent: an item
+    replaces its earlier version) and saves at most every ``save_every_s`` seconds.
+
+    ``process`` returns the rejected items with their reasons, for the DLQ. It encodes
+    new titles in the calling thread: run it where searches are not served concurrently
+    from other threads.
+    """
+
+    name = "catalog"
+
+    def __init__(self, catalog: CatalogIndexer, directory: Path, save_every_s: float = 30.0) -> None:
+        self.catalog, self.directory, self.save_every_s = catalog, Path(directory), save_every_s
+        self._saved_at = time.monotonic()
+
+    async def process(self, items: Sequence[object]) -> list[tuple[object, str]]:
+        rejected = self.catalog.upsert(items)
+        if time.monotonic() - self._saved_at >= self.save_every_s:
+            await self.close()
+        return rejected
+
+    async def close(self) -> None:
+        self.catalog.save(self.directory)
+        self._saved_at = time.monotonic()
 
 
 def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,

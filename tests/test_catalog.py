@@ -120,3 +120,16 @@ def test_catalog_load_command(tmp_path, monkeypatch):
     assert list(open_catalog(settings.data_dir).items) == ["sku-1"]
     missing = parser.parse_args(["catalog", "load", str(tmp_path / "nope.jsonl")])
     assert missing.func(missing, settings) == 2
+
+
+async def test_catalog_consumer_upserts_rejects_and_saves(tmp_path):
+    from models.catalog_cli import CatalogConsumer
+    from models.retrieval import CatalogIndexer
+
+    catalog = CatalogIndexer(CachedEncoder(Counting(), tmp_path / "cache"))
+    consumer = CatalogConsumer(catalog, tmp_path / "catalog", save_every_s=0)
+    rejected = await consumer.process([GOOD, {**GOOD, "item_id": "sku-2", "price": "free"}])
+    assert [reason for _, reason in rejected] == ["item 'sku-2': price must be a non-negative number, got 'free'"]
+    await consumer.process([{**GOOD, "titles": {"en-GB": "Copper kettle"}}])
+    reopened = CatalogIndexer.open(tmp_path / "catalog", catalog.encoder)
+    assert reopened.items["sku-1"]["titles"] == {"en-GB": "Copper kettle"} and len(reopened.vectors) == 1
