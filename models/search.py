@@ -21,11 +21,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from models.locale import Translator, language_of, localized_title, price_for
 from models.query import QueryUnderstanding
-from models.retrieval import CatalogIndexer, HybridRetriever
+from models.retrieval import CatalogIndexer, Hit, HybridRetriever
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,10 @@ class SearchService:
                 "session_items": set(session),
                 "session_categories": {items[i]["category"] for i in session if i in items}}
 
-    def _candidates(self, query: str, query_vector, region: str | None, k: int) -> dict[str, object]:
+    def _candidates(self, query: str, query_vector: np.ndarray, region: str | None, k: int) -> dict[str, Hit]:
         """Best hit per item, sold in ``region``; widens the search once if too few survive."""
         for candidates in (self.retriever.candidates, self.retriever.candidates * 10):
-            best: dict[str, object] = {}
+            best: dict[str, Hit] = {}
             for hit in self.retriever.retrieve(query, candidates, query_vector):
                 item = self.catalog.items.get(hit.item_id)
                 if item is None or (region and region not in item["regions"]) or hit.item_id in best:
