@@ -8,7 +8,6 @@ event time applied), so a replay of old data reads as it did at the time.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from features.batch import BatchUpdate
 from features.definitions import (
@@ -54,7 +54,7 @@ class FeatureWriter:
                  max_events_per_call: int = 2000) -> None:
         self.redis, self.keys, self.window_s = redis, keys, dedupe_window_s
         self.max_events = max_events_per_call  # bounds how long Redis is busy with one script
-        self._script = redis.register_script(APPLY_LUA)
+        self._sha: str | None = None
 
     def seen_keys(self, now_s: float) -> list[str]:
         """The dedupe buckets that cover the window, newest first."""
@@ -72,22 +72,41 @@ class FeatureWriter:
                              "clock_key": self.keys.clock, "stats_key": self.keys.stats})
 
     async def process(self, events: Sequence[Event]) -> None:
-        # Redis runs one chunk's script while Python aggregates the next: the two overlap.
-        in_flight: asyncio.Task[None] | None = None
-        for start in range(0, len(events), self.max_events):
-            chunk = events[start:start + self.max_events]
-            unique = list({e["event_id"]: e for e in reversed(chunk)}.values())[::-1]
-            payload = self.payload(unique, time.time())
-            if in_flight is not None:
-                await in_flight
-            in_flight = asyncio.create_task(self._apply(unique, payload, len(chunk) - len(unique)))
-            await asyncio.sleep(0)  # let the task send its request before the next payload is built
-        if in_flight is not None:
-            await in_flight
+        # Redis runs one chunk's script while Python aggregates the next: the request is
+        # written before the next payload is built and its answer read after.
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            sent: tuple[list[Event], int] | None = None
+            for start in range(0, len(events), self.max_events):
+                chunk = events[start:start + self.max_events]
+                unique = list({e["event_id"]: e for e in reversed(chunk)}.values())[::-1]
+                payload = self.payload(unique, time.time())
+                if sent is not None:
+                    await self._finish(conn, *sent)
+                await self._send(conn, payload)
+                sent = (unique, len(chunk) - len(unique))
+            if sent is not None:
+                await self._finish(conn, *sent)
+        finally:
+            await pool.release(conn)
 
-    async def _apply(self, unique: list[Event], payload: bytes, duplicates: int) -> None:
+    async def _send(self, conn: Any, payload: bytes) -> None:
+        if self._sha is None:
+            self._sha = await self.redis.script_load(APPLY_LUA)
+        await conn.send_command("EVALSHA", self._sha, 0, payload)
+
+    async def _finish(self, conn: Any, unique: list[Event], duplicates: int) -> None:
+        """Read the answer to the chunk sent last; re-apply without ids Redis had already seen."""
         while True:
-            status, detail = await self._script(args=[payload])
+            try:
+                status, detail = await conn.read_response()
+            except ResponseError as exc:
+                if "NOSCRIPT" not in str(exc):
+                    raise
+                self._sha = None  # Redis restarted and lost its script cache
+                await self._send(conn, self.payload(unique, time.time()))
+                continue
             if status == b"applied":
                 break
             seen = {s.decode() for s in detail}  # a redelivery: apply only what is new
@@ -95,7 +114,7 @@ class FeatureWriter:
             unique = [e for e in unique if e["event_id"] not in seen]
             if not unique:
                 break
-            payload = self.payload(unique, time.time())
+            await self._send(conn, self.payload(unique, time.time()))
         if duplicates:
             await self.redis.hincrby(self.keys.stats, "events_duplicate", duplicates)
 
