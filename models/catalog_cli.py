@@ -71,6 +71,7 @@ def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None
         intents = IntentClassifier(read_taxonomy(taxonomy), catalog.encoder)
     else:
         log.warning("no taxonomy at %s: queries get no intent category", taxonomy)
+    catalog.encoder.encode_queries(["warm up"])  # loads the model now, not on the first request (~2 s)
     return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features)
 
 

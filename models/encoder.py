@@ -193,20 +193,27 @@ class CachedEncoder(TextEncoder):
     """An encoder whose item side is cached on disk, keyed by encoder name and text,
     so a title is encoded once. Lives under the data dir (``.relevo/cache``), never in git.
 
+    Each batch of new texts is appended as its own shard file (cost proportional to the
+    new texts, not the cache), and many shards are merged into one when the cache opens.
     Wrap each base encoder (not a fused one) so fusions share the parts' caches.
     """
 
-    def __init__(self, encoder: TextEncoder, directory: Path | str, batch_size: int = 256) -> None:
-        self.encoder, self.name, self.dim, self.score_spread = encoder, encoder.name, encoder.dim, encoder.score_spread
-        self.path = Path(directory) / f"{encoder.name}.npz"
+    def __init__(self, encoder: TextEncoder, directory: Path | str, batch_size: int = 256,
+                 max_shards: int = 32) -> None:
+        self.encoder, self.name, self.dim = encoder, encoder.name, encoder.dim
+        self.score_spread = encoder.score_spread
+        self.directory = Path(directory) / encoder.name
         self._batch_size = batch_size
-        self._keys: list[bytes] = []  # digest of the text in each row
-        self._vectors = np.zeros((0, encoder.dim), np.float32)
-        if self.path.exists():
-            data = np.load(self.path)
-            self._vectors = data["vectors"]
-            self._keys = [row.tobytes() for row in data["keys"]]
+        shards = sorted(self.directory.glob("*.npz"))
+        loaded = [np.load(shard) for shard in shards]
+        self._vectors = np.vstack([np.zeros((0, encoder.dim), np.float32), *(d["vectors"] for d in loaded)])
+        self._keys = [row.tobytes() for d in loaded for row in d["keys"]]  # digest of each row's text
         self._rows = {key: row for row, key in enumerate(self._keys)}
+        self._next_shard = int(shards[-1].stem) + 1 if shards else 0
+        if len(shards) > max_shards:
+            self._write(self._keys, self._vectors)
+            for shard in shards:
+                shard.unlink()
 
     @staticmethod
     def _key(text: str) -> bytes:
@@ -220,21 +227,24 @@ class CachedEncoder(TextEncoder):
         missing = list({k: t for k, t in zip(keys, texts, strict=True) if k not in self._rows}.items())
         if missing:
             log.info("encoding %d new texts with %s", len(missing), self.encoder.name)
-            fresh = [self.encoder.encode_items([t for _, t in missing[i:i + self._batch_size]])
-                     for i in range(0, len(missing), self._batch_size)]
+            fresh = np.vstack([self.encoder.encode_items([t for _, t in missing[i:i + self._batch_size]])
+                               for i in range(0, len(missing), self._batch_size)])
+            self._write([k for k, _ in missing], fresh)
             start = len(self._vectors)
-            self._vectors = np.vstack([self._vectors, *fresh])
+            self._vectors = np.vstack([self._vectors, fresh])
             self._keys.extend(k for k, _ in missing)
             self._rows.update({k: start + i for i, (k, _) in enumerate(missing)})
-            self._save()
         return self._vectors[[self._rows[k] for k in keys]]
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = np.frombuffer(b"".join(self._keys), np.uint8).reshape(-1, 16)  # not "S16": it strips NULs
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=keys, vectors=self._vectors)
-        os.replace(tmp, self.path)  # never leave a half-written cache
+    def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        digests = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 16)  # not "S16": it strips NULs
+        path = self.directory / f"{self._next_shard:08d}.npz"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=digests, vectors=vectors)
+        os.replace(tmp, path)  # never leave a half-written shard
+        self._next_shard += 1
 
 
 class _Fixed(TextEncoder):

@@ -81,8 +81,11 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
     again = CachedEncoder(inner := Counting(), tmp_path)
     assert np.array_equal(again.encode_items(texts[::-1]), vectors[::-1])
     again.encode_items(["one more", *texts])
-    third = CachedEncoder(Counting(), tmp_path)
-    assert inner.encoded == 1 and np.array_equal(third.encode_items(texts), vectors)
+    assert inner.encoded == 1 and len(list((tmp_path / "counting").glob("*.npz"))) == 2
+    third = CachedEncoder(Counting(), tmp_path, max_shards=1)  # merges the two shards
+    assert np.array_equal(third.encode_items(texts), vectors)
+    assert len(list((tmp_path / "counting").glob("*.npz"))) == 1
+    assert np.array_equal(CachedEncoder(Counting(), tmp_path).encode_items(["one more", *texts])[1:], vectors)
 
 
 def test_vector_index_switches_to_hnsw_and_persists(tmp_path):
