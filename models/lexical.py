@@ -2,10 +2,11 @@
 from the catalog vocabulary (typos at one deletion from a catalog word).
 
 Brand names, model numbers and other exact tokens carry much of e-commerce relevance;
-dense encoders blur them, BM25 does not.
+dense encoders blur them, BM25 does not. Codes written with separators also count
+joined (``WH-1000XM4`` matches ``wh1000xm4``), and tokens holding digits weigh more.
 
 >>> tokens("Sony WH-1000XM4 ヘッドホン")
-['sony', 'wh', '1000xm4', 'ヘッ', 'ッド', 'ドホ', 'ホン']
+['sony', 'wh', '1000xm4', 'ヘッ', 'ッド', 'ドホ', 'ホン', 'wh1000xm4']
 >>> bm25 = BM25Index()
 >>> bm25.upsert(["a", "b"], ["Sony WH-1000XM4 headphones", "Bose QuietComfort headphones"])
 >>> [key for key, _ in bm25.search("sonny headphones", k=2)]
@@ -27,6 +28,7 @@ from models.normalize import normalize
 
 _WORD = re.compile(r"[^\W_]+")
 _CJK = re.compile(r"([\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+)")
+_CODE = re.compile(r"\b[0-9a-z]+(?:[-./][0-9a-z]+)+\b")
 
 
 def tokens(text: str) -> list[str]:
@@ -41,7 +43,8 @@ def tokens(text: str) -> list[str]:
                 out.extend([part] if len(part) == 1 else [part[i:i + 2] for i in range(len(part) - 1)])
             else:
                 out.append(part)
-    return out
+    codes = (re.sub(r"[-./]", "", code) for code in _CODE.findall(normalize(text)))
+    return out + [code for code in codes if not code.isdigit() and not code.isalpha()]
 
 
 def _deletes(token: str) -> set[str]:
@@ -51,8 +54,8 @@ def _deletes(token: str) -> set[str]:
 class BM25Index:
     """Okapi BM25 over ``tokens``; documents keyed by string, upserted one batch at a time."""
 
-    def __init__(self, k1: float = 1.2, b: float = 0.75, min_fuzzy_len: int = 4) -> None:
-        self.k1, self.b, self.min_fuzzy_len = k1, b, min_fuzzy_len
+    def __init__(self, k1: float = 1.2, b: float = 0.75, min_fuzzy_len: int = 4, digit_boost: float = 2.0) -> None:
+        self.k1, self.b, self.min_fuzzy_len, self.digit_boost = k1, b, min_fuzzy_len, digit_boost
         self._keys: list[str | None] = []
         self._row: dict[str, int] = {}
         self._lengths: list[int] = []
@@ -141,6 +144,8 @@ class BM25Index:
                 rows, tfs = self._posting_arrays(match)
                 df = max(self._df[match], 1)
                 idf = math.log(1 + (alive - df + 0.5) / (df + 0.5))
+                if any(ch.isdigit() for ch in match):  # model and set numbers, sizes
+                    idf *= self.digit_boost
                 norm = self.k1 * (1 - self.b + self.b * lengths[rows] / avg_length)
                 weight = idf * (1.0 if match == token else typo_weight / len(matches))
                 out[rows] += weight * tfs * (self.k1 + 1) / (tfs + norm)
