@@ -22,8 +22,9 @@ def machine() -> str:
         mem_gib = kib / 1024 / 1024
     except (OSError, StopIteration):
         pass
+    load = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     return (f"{os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, {platform.machine()}, "
-            f"Python {platform.python_version()}")
+            f"Python {platform.python_version()}, load average {load:.1f} when recorded")
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
