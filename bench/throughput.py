@@ -57,7 +57,7 @@ def time_worker(settings: Settings, n_events: int, tmp: Path) -> float:
         first = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            applied = int(client.hget(key, "events_applied") or 0)
+            applied = sum(int(v or 0) for v in client.hmget(key, "events_applied", "events_duplicate"))
             if applied and first is None:
                 first = time.perf_counter()
             if applied >= n_events:

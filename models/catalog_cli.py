@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -75,25 +75,33 @@ def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None
     return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features)
 
 
+def load_items(data_dir: Path, items: Iterable[object], encoder_name: str = DEFAULT_ENCODER,
+               batch: int = 512) -> tuple[int, int]:
+    """Validate and index ``items`` into the catalog under ``data_dir``, with progress; (loaded, rejected)."""
+    catalog = open_catalog(data_dir, encoder_name)
+    items = iter(items)
+    loaded = rejected = 0
+    with tqdm(desc="catalog items", unit="item") as progress:
+        while chunk := list(islice(items, batch)):
+            failures = catalog.upsert(chunk)
+            for _, reason in failures:
+                log.warning("rejected: %s", reason)
+            rejected += len(failures)
+            loaded += len(chunk) - len(failures)
+            progress.update(len(chunk))
+    catalog.save(catalog_dir(data_dir))
+    log.info("loaded %d items (%d rejected); the catalog holds %d", loaded, rejected, len(catalog))
+    return loaded, rejected
+
+
 def load_command(args: argparse.Namespace, settings) -> int:
     """Validate and index every item of ``args.file``; report rejected items with reasons."""
     path = Path(args.file)
     if not path.exists():
         log.error("no such file: %s", path)
         return 2
-    catalog = open_catalog(settings.data_dir, args.encoder)
-    items = iter(load_amazon(path) if args.amazon else read_items(path))
-    loaded = rejected = 0
-    with tqdm(desc="catalog items", unit="item") as progress:
-        while batch := list(islice(items, args.batch)):
-            failures = catalog.upsert(batch)
-            for _, reason in failures:
-                log.warning("rejected: %s", reason)
-            rejected += len(failures)
-            loaded += len(batch) - len(failures)
-            progress.update(len(batch))
-    catalog.save(catalog_dir(settings.data_dir))
-    log.info("loaded %d items (%d rejected); the catalog holds %d", loaded, rejected, len(catalog))
+    items = load_amazon(path) if args.amazon else read_items(path)
+    loaded, rejected = load_items(settings.data_dir, items, args.encoder, args.batch)
     return 0 if loaded or not rejected else 1
 
 

@@ -22,13 +22,20 @@ import httpx
 from relevo.runtime import Runtime
 from relevo.settings import Settings
 from relevo.stats import read_stats
-from streams.datasets import open_dataset
+from streams.datasets import SHARED_DATA, open_dataset
 from streams.lag import consumer_lag
 from streams.producer import EventProducer
 from streams.replay import replay
 from streams.topics import event_topic
 
 log = logging.getLogger(__name__)
+
+AMAZON_TITLES = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
+# Queries in five languages against titles that are mostly English (and German, French, Japanese).
+DEMO_SEARCHES = [("レゴ フォルクスワーゲン キャンパー", "US", "ja-JP"), ("乐高 火车 轨道", "US", "zh-CN"),
+                 ("Studiokopfhörer Sony", "DE", "de-DE"), ("livre de cuisine Harry Potter", "FR", "fr-FR"),
+                 ("auriculares profesionales", "US", "es-MX")]
+SUGGEST_PREFIXES = [("p", "BR"), ("ma", "BR"), ("new", "US"), ("ber", "DE"), ("to", "JP")]
 
 BROKEN_RECORDS = [  # what a misbehaving shop sends: each must land in the DLQ with its reason
     b"{this is not json",
@@ -45,6 +52,7 @@ BROKEN_RECORDS = [  # what a misbehaving shop sends: each must land in the DLQ w
 def run_demo(settings: Settings, limit: int | None = None, speed: float | None = None,
              keep_running: bool = False, inject_drift: str | None = None) -> int:
     settings = Settings(**{**settings.__dict__, "api_port": 0}) if settings.api_port == 8000 else settings
+    load_catalog(settings)
     with Runtime(settings, workers=1, trainer=True) as runtime:
         log.info("stack up: API %s; waiting for the worker to join its group", runtime.api_url)
         runtime.wait_workers_ready()
@@ -63,6 +71,10 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
             summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
             summary["models"] = api.get("/v1/models").json()
+            summary["searches"] = _searches(api)
+            summary["suggestions"] = [
+                (prefix, region, api.get("/v1/suggest", params={"prefix": prefix, "region": region, "k": 3}).json())
+                for prefix, region in SUGGEST_PREFIXES]
             summary["alerts"] = api.get("/v1/alerts", params={"limit": 5}).json()["alerts"]
             if inject_drift:
                 summary["alerts"] = api.get("/v1/alerts", params={"region": inject_drift}).json()["alerts"] + [
@@ -74,6 +86,26 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
             log.info("still running: API %s (docs at /docs). Ctrl-C stops everything.", runtime.api_url)
             wait_for_interrupt(runtime)
     return 0
+
+
+def load_catalog(settings: Settings) -> None:
+    """Index the Amazon multilingual sample (cached embeddings make later runs quick)."""
+    from models.catalog import load_amazon
+    from models.catalog_cli import load_items
+
+    if not AMAZON_TITLES.exists():
+        log.warning("no Amazon catalog at %s: the demo runs without search", AMAZON_TITLES)
+        return
+    log.info("loading the Amazon multilingual catalog (encoding titles the first time takes about a minute)")
+    load_items(settings.data_dir, load_amazon(AMAZON_TITLES))
+
+
+def _searches(api: httpx.Client, timeout_s: float = 180.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while api.get("/v1/search", params={"q": "lego"}).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(1)  # the API loads the catalog and the taxonomy in the background
+    return [api.get("/v1/search", params={"q": q, "region": r, "locale": loc, "k": 3}, timeout=30).json()
+            for q, r, loc in DEMO_SEARCHES]
 
 
 def with_drift(events: list[dict[str, Any]], region: str, fraction: float = 0.5) -> list[dict[str, Any]]:
@@ -167,6 +199,10 @@ def render(s: dict[str, Any]) -> str:
         "",
         *_render_alerts(s["alerts"]),
         "",
+        *_render_searches(s["searches"]),
+        "",
+        *_render_suggestions(s["suggestions"]),
+        "",
     ]
     return "\n".join(lines)
 
@@ -185,6 +221,29 @@ def _render_models(listing: dict[str, Any]) -> list[str]:
         lists, mrr_sum = lists + n, mrr_sum + n * figures.get("prequential_mrr", 0.0)
         if (i % step == 0 or i == len(versions) - 1) and lists:
             lines.append(f"    after v{v['version']:<4} {int(lists):>6} clickouts  MRR {mrr_sum / lists:.3f}")
+    return lines
+
+
+def _render_searches(searches: list[dict[str, Any]]) -> list[str]:
+    lines = ["cross-lingual search (Amazon multilingual catalog):"]
+    for answer in searches:
+        if "results" not in answer:
+            lines.append(f"    search unavailable: {answer.get('detail')}")
+            continue
+        lang = answer.get("understanding", {}).get("language")
+        lines.append(f"  {answer['query']!r} region {answer['region']} locale {answer['locale']} "
+                     f"(language {lang}, {answer['took_ms']} ms)")
+        for r in answer["results"]:
+            why = ", ".join(f"{k} {v:.2f}" for k, v in r["explanation"].items() if isinstance(v, float) and v)
+            lines.append(f"    {r['score']:.3f}  {r['title'][:70]}  [{why}]")
+    return lines
+
+
+def _render_suggestions(rows: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    lines = ["query suggestions (learned from the replay):"]
+    for prefix, region, answer in rows:
+        texts = " | ".join(s["text"] for s in answer.get("suggestions", [])) or "-"
+        lines.append(f"    {region} {prefix!r:>6} -> {texts}")
     return lines
 
 

@@ -13,14 +13,15 @@ from fastapi import FastAPI
 from drift.sinks import AlertStore
 from features.keys import Keys
 from features.store import OnlineStore
-from models.follow import follow_updates
+from models.catalog_cli import CatalogConsumer, build_search_service, catalog_dir, open_catalog
+from models.follow import follow_catalog, follow_updates
 from models.live import LiveModel
 from models.registry import Registry
 from models.suggest.service import SuggestService
 from models.trainer_worker import registry_dir
 from relevo import __version__
 from relevo.settings import Settings
-from serving import alerts, features, ingest, models, ops, suggest
+from serving import alerts, features, ingest, models, ops, search, suggest
 from streams.events import Event
 from streams.lag import consumer_lag
 from streams.producer import EventProducer
@@ -69,6 +70,21 @@ class LagMonitor:
             await asyncio.sleep(self.every_s)
 
 
+async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> None:
+    """Load the catalog and the encoder (tens of seconds the first time), then follow ``catalog.items``."""
+    state = app.state
+
+    async def features(user_id: str | None, region: str | None) -> tuple[dict | None, dict | None]:
+        user = await state.store.user(user_id) if user_id else None
+        return user, await state.store.region(region) if region else None
+
+    catalog = await asyncio.to_thread(open_catalog, settings.data_dir)
+    state.search = await asyncio.to_thread(build_search_service, catalog, features)
+    log.info("search ready over %d items", len(catalog))
+    await follow_catalog(CatalogConsumer(catalog, catalog_dir(settings.data_dir)), settings,
+                         state.ingest.dead_letter, stop)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,10 +97,12 @@ def create_app(settings: Settings) -> FastAPI:
         state.alerts = AlertStore(state.redis, state.keys)
         state.models = LiveModel(Registry(registry_dir(settings)))
         state.suggest = SuggestService(state.redis, state.keys, settings.suggest_config(), features=state.store)
+        state.search = None  # 503 until the catalog and its encoder are loaded, in the background
         await state.ingest.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(state.lag.run()),
-                 asyncio.create_task(follow_updates(state.models, settings, stop))]
+                 asyncio.create_task(follow_updates(state.models, settings, stop)),
+                 asyncio.create_task(open_search(app, settings, stop))]
         try:
             yield
         finally:
@@ -96,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Relevo", version=__version__, lifespan=lifespan,
                   description="Streaming personalization for e-commerce search.")
-    for module in (ops, ingest, features, alerts, models, suggest):
+    for module in (ops, ingest, features, search, suggest, alerts, models):
         app.include_router(module.router)
     return app
 
