@@ -86,10 +86,12 @@ async def measure_relevo(settings: Settings, events: list[dict], rate: int, seco
     return {"probes": latencies, "missing": len(probes) - len(latencies), "worker": stats["freshness_ms"]}
 
 
-async def measure_raw(bootstrap: str, events: list[dict], rate: int, seconds: float) -> list[float]:
-    """Produce → consume latency of the same load through raw aiokafka, no processing."""
+async def measure_raw(bootstrap: str, events: list[dict], rate: int, seconds: float,
+                      fetch_max_wait_ms: int) -> list[float]:
+    """Produce → consume latency of the same load through raw aiokafka (same fetch wait), no processing."""
     consumer = AIOKafkaConsumer("raw.events.click", "raw.events.search", bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", group_id="raw-freshness")
+                                auto_offset_reset="latest", group_id="raw-freshness",
+                                fetch_max_wait_ms=fetch_max_wait_ms)
     await consumer.start()
     await asyncio.sleep(3)  # let the assignment settle before producing
     latencies: list[float] = []
@@ -122,7 +124,8 @@ def main() -> None:
     settings = Settings(data_dir=tmp, partitions=4, key_prefix="f", processors=args.processors)
     with Runtime(settings, workers=1, api=False) as runtime:
         runtime.wait_workers_ready()
-        raw = asyncio.run(measure_raw(runtime.settings.kafka_bootstrap_servers, events, args.rate, args.seconds))
+        raw = asyncio.run(measure_raw(runtime.settings.kafka_bootstrap_servers, events, args.rate, args.seconds,
+                                      runtime.settings.fetch_max_wait_ms))
         ours = asyncio.run(measure_relevo(runtime.settings, events, args.rate, args.seconds))
     p = ours["probes"]
     rows = [

@@ -47,6 +47,7 @@ class Settings:
     dedupe_window_s: int = _env_field("RELEVO_DEDUPE_WINDOW_S", 3600, "how long event ids are remembered")
     worker_batch: int = _env_field("RELEVO_WORKER_BATCH", 500, "most records the worker takes at once")
     worker_batch_wait_s: float = _env_field("RELEVO_WORKER_BATCH_WAIT_S", 0.005, "longest wait to fill a batch")
+    fetch_max_wait_ms: int = _env_field("RELEVO_FETCH_MAX_WAIT_MS", 5, "longest a fetch waits for new records")
     session_timeout_s: float = _env_field("RELEVO_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout")
     processors: str = _env_field("RELEVO_PROCESSORS", "features,drift,suggestions,examples",
                                  "what the worker does with each batch, in order")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import faust
 import redis.asyncio as aioredis
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from features.keys import Keys
 from relevo.settings import Settings
@@ -28,7 +29,28 @@ from streams.wiring import build_processors
 log = logging.getLogger(__name__)
 
 
+def _fetch_max_wait(ms: int) -> None:
+    """Make Faust's consumer fetch with ``ms`` of maximum wait.
+
+    faust-streaming 0.15 hard-codes ``fetch_max_wait_ms=1500``. A broker that holds a
+    fetch for the whole wait when little data is there (the embedded Tansu does)
+    then adds up to 1.5 s to every event's freshness; measured with raw aiokafka on
+    Tansu, produce → consume p50 fell from 135 ms at 500 ms of wait to 18 ms at 20 ms.
+    """
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "fetch_max_wait_ms", None) == ms:
+        return
+
+    def create_with_wait(self: AIOKafkaConsumerThread, transport: object) -> object:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = ms  # read when the consumer starts its fetcher
+        return consumer
+    create_with_wait.fetch_max_wait_ms = ms  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_with_wait  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
+    _fetch_max_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
