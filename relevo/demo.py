@@ -230,11 +230,12 @@ def _render_searches(searches: list[dict[str, Any]]) -> list[str]:
         if "results" not in answer:
             lines.append(f"    search unavailable: {answer.get('detail')}")
             continue
-        lang = answer.get("understanding", {}).get("language")
+        lang = answer.get("understanding", {}).get("language", {}).get("code")
         lines.append(f"  {answer['query']!r} region {answer['region']} locale {answer['locale']} "
                      f"(language {lang}, {answer['took_ms']} ms)")
         for r in answer["results"]:
-            why = ", ".join(f"{k} {v:.2f}" for k, v in r["explanation"].items() if isinstance(v, float) and v)
+            why = ", ".join(f"{name} +{signal['contribution']:.2f}" for name, signal in r["explanation"].items()
+                            if signal.get("contribution"))
             lines.append(f"    {r['score']:.3f}  {r['title'][:70]}  [{why}]")
     return lines
 
