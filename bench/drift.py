@@ -36,6 +36,7 @@ from drift.detectors import RiverDetector
 from drift.inject import drop_clicks, random_clicks
 from drift.metrics import GLOBAL, METRICS, MetricSpec
 from drift.monitor import DriftMonitor
+from drift.sinks import ListSink
 from streams.datasets import SHARED_DATA, trivago
 from streams.events import Event, validate
 
@@ -55,17 +56,6 @@ DETECTORS: dict[str, tuple[Callable[..., object], dict[str, object], bool]] = {
 }
 
 
-class Collect:
-    """A sink that keeps what it hears."""
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    async def send(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    async def close(self) -> None:
-        return None
 
 
 class NoOp:
@@ -121,7 +111,7 @@ async def replay(events: Sequence[Event], processor: object, batch: int) -> floa
 
 def alerts_of(events: Sequence[Event], metrics: Mapping[str, MetricSpec], batch: int) -> list[Alert]:
     """The alerts raised (not the recoveries) while replaying ``events``."""
-    sink = Collect()
+    sink = ListSink()
     asyncio.run(replay(events, DriftMonitor(sinks=[sink], metrics=metrics), batch))
     return [a for a in sink.alerts if not a.resolved]
 
@@ -130,7 +120,7 @@ def delay(events: Sequence[Event], metrics: Mapping[str, MetricSpec], batch: int
           start_ts: int) -> str:
     """The region's events from the change up to its first alert after it (the replay stops there)."""
     async def first_alert() -> int | None:
-        sink = Collect()
+        sink = ListSink()
         monitor = DriftMonitor(sinks=[sink], metrics=metrics)
         for i in range(0, len(events), batch):
             await monitor.process(events[i:i + batch])

@@ -84,6 +84,19 @@ class AlertStore:
         return found
 
 
+class ListSink:
+    """Keeps every alert it hears in ``alerts``: for tests, benchmarks and embedding."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    async def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    async def close(self) -> None:
+        return None
+
+
 class TopicSink:
     """Alerts as JSON records through an injected ``send(bytes)``, e.g. a producer on ``drift.alerts``."""
 

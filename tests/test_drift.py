@@ -7,18 +7,8 @@ from collections.abc import Iterator
 
 from drift.alerts import Alert
 from drift.monitor import DriftMonitor
+from drift.sinks import ListSink
 from streams.events import Event
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    async def send(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    async def close(self) -> None:
-        return None
 
 
 def searches(ctr: list[tuple[int, float]], region: str = "FR", seed: int = 0,
@@ -47,12 +37,12 @@ async def run(monitor: DriftMonitor, events: Iterator[Event], batch: int = 200) 
         await monitor.process(buffer[i:i + batch])
 
 
-def opened(sink: Collect, metric: str = "ctr") -> list[Alert]:
+def opened(sink: ListSink, metric: str = "ctr") -> list[Alert]:
     return [a for a in sink.alerts if a.metric == metric and not a.resolved]
 
 
 async def test_planted_ctr_drop_is_detected_within_bounds() -> None:
-    sink = Collect()
+    sink = ListSink()
     monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
     await run(monitor, searches([(3000, 0.4), (2000, 0.2)]))
     first = opened(sink)
@@ -66,14 +56,14 @@ async def test_planted_ctr_drop_is_detected_within_bounds() -> None:
 
 
 async def test_stationary_stream_stays_quiet() -> None:
-    sink = Collect()
+    sink = ListSink()
     monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
     await run(monitor, searches([(20_000, 0.3)], seed=3))
     assert sink.alerts == []
 
 
 async def test_recovery_is_reported_and_flapping_within_cooldown_stays_quiet() -> None:
-    sink = Collect()
+    sink = ListSink()
     monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000, cooldown_ms=3_600_000)
     await run(monitor, searches([(2000, 0.5), (1000, 0.1), (1500, 0.5), (800, 0.1), (1500, 0.5)]))
     fr = [a for a in sink.alerts if a.region == "FR" and a.metric == "ctr"]
@@ -89,7 +79,7 @@ async def test_recovery_is_reported_and_flapping_within_cooldown_stays_quiet() -
 
 
 async def test_calibration_plugs_in_through_observe_prediction() -> None:
-    sink = Collect()
+    sink = ListSink()
     monitor = DriftMonitor(sinks=[sink])
     rng = random.Random(1)
     for i in range(6000):
@@ -102,7 +92,7 @@ async def test_calibration_plugs_in_through_observe_prediction() -> None:
 
 
 async def test_warm_up_holds_alerts_back() -> None:
-    sink = Collect()
+    sink = ListSink()
     monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
     await run(monitor, searches([(150, 0.9), (150, 0.0)]))  # a collapse, but before warm-up ends
     assert opened(sink) == []
