@@ -20,10 +20,10 @@ from fastapi import FastAPI
 
 from drift.alerts import Alert
 from drift.monitor import DriftMonitor
-from drift.sinks import AlertStore, TopicSink, WebhookSink
+from drift.sinks import AlertStore, ListSink, TopicSink, WebhookSink
 from features.keys import Keys
 from serving.alerts import router
-from tests.test_drift import Collect, run, searches
+from tests.test_drift import run, searches
 
 
 @pytest.fixture
@@ -37,21 +37,21 @@ async def aredis(redis_db: redis.Redis, redis_url: str) -> AsyncIterator[aioredi
 async def test_restart_keeps_history_and_open_alerts_without_announcing_them_again(
         aredis: aioredis.Redis) -> None:
     keys = Keys("t")
-    first_sink = Collect()
+    first_sink = ListSink()
     first = DriftMonitor(aredis, [first_sink], keys=keys, ctr_timeout_ms=60_000)
     await run(first, searches([(3000, 0.4), (800, 0.15)]))
     await first.close()  # a clean stop snapshots; a crash would lose what came after the last one
     assert {a.region for a in first_sink.alerts if a.metric == "ctr"} == {"FR", "*"}
     seen_before = first.state.trackers["FR", "ctr"].seen
 
-    second_sink = Collect()
+    second_sink = ListSink()
     second = DriftMonitor(aredis, [second_sink], keys=keys, ctr_timeout_ms=60_000)
     await run(second, searches([(800, 0.15)], start=3800, seed=1))
     assert second.state.trackers["FR", "ctr"].seen > seen_before  # history kept, no new warm-up
     assert second_sink.alerts == []  # still the same drift: no repeat, no spurious alert
     assert {a.region for a in second.active_alerts() if a.metric == "ctr"} == {"FR", "*"}
 
-    cold_sink = Collect()  # the same restart with no snapshot would have to warm up again
+    cold_sink = ListSink()  # the same restart with no snapshot would have to warm up again
     cold = DriftMonitor(aredis, [cold_sink], keys=Keys("other"), ctr_timeout_ms=60_000)
     await run(cold, searches([(800, 0.15)], start=3800, seed=1))
     assert cold.state.trackers["FR", "ctr"].seen < seen_before
