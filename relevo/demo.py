@@ -257,7 +257,7 @@ def _short(level: Any) -> str:
 def _render_alerts(alerts: list[dict[str, Any]]) -> list[str]:
     if not alerts:
         return ["drift alerts: none"]
-    lines = ["drift alerts (the injected region's first, then the newest):"]
+    lines = ["drift alerts (with --inject-drift, that region's first; then the newest):"]
     for a in alerts:
         state = "resolved" if a.get("resolved") else a.get("severity", "open")
         lines.append(f"    {a['region']:>3} {a['metric']:<15} {a['detector']:<8} baseline {_short(a['baseline'])} "
