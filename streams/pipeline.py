@@ -61,8 +61,9 @@ class EventPipeline:
                 reasons.append(reject.reason)
         for processor in self.processors:
             await self._run(processor, events)
-        await self._retrying(lambda: self.stats.record(
-            (r.topic for r in records), per_topic, reasons, (r.timestamp_ms for r in records)))
+        # Lists, not generators: a retried call must see the same inputs again.
+        topics, produced = [r.topic for r in records], [r.timestamp_ms for r in records]
+        await self._retrying(lambda: self.stats.record(topics, per_topic, reasons, produced))
         return events
 
     async def _dead_letter(self, reject: Reject, record: Record) -> None:
