@@ -59,6 +59,8 @@ class Settings:
     suggest_min_support: float = _env_field("RELEVO_SUGGEST_MIN_SUPPORT", 1.5,
                                             "decayed distinct sessions before a query is suggested")
     registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
+    cache_dir: Path = _env_field("RELEVO_CACHE_DIR", Path("~/.cache/relevo"),
+                                 "models built from installed packages (the rebuilt E5 is ~450 MB); never in git")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")
 
     @property
