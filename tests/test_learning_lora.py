@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.lora import HashTokenizer, LoraQueryTower, tiny_bert
+from models.lora import HashTokenizer, LoraQueryTower, query_mrr, tiny_bert
 
 
 def test_lora_query_tower_learns_on_cpu_on_a_small_batch() -> None:
@@ -51,3 +51,13 @@ def test_adapters_round_trip_into_a_serving_tower_and_items_stay_frozen() -> Non
     with pytest.raises(ValueError, match="rank 2"):
         LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=2, device="cpu").load_adapter_state(
             tower.adapter_state())
+
+
+def test_query_mrr_ranks_each_click_among_the_items_its_search_showed() -> None:
+    tower = LoraQueryTower(tiny_bert(vocab_size=512), HashTokenizer(vocab_size=512), rank=2, device="cpu")
+    vectors = {name: tower.encode([name])[0] for name in ("red shoes", "blue kettle", "green tea")}
+    examples = [{"query": "red shoes", "items": ["blue kettle", "red shoes"], "labels": [0, 1]},
+                {"query": "green tea", "items": ["green tea", "red shoes", "unknown"], "labels": [2, 0, 0]},
+                {"query": "", "items": ["green tea", "red shoes"], "labels": [1, 0]}]  # no query: not scored
+    assert query_mrr(tower, examples, vectors) == 1.0  # each query's own vector ranks its item first
+    assert query_mrr(tower, examples[2:], vectors) == 0.0
