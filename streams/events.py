@@ -108,6 +108,12 @@ def _results(value: Any) -> list[str]:
     return [_id(v) for v in value]
 
 
+def _prices(value: Any) -> list[float]:
+    if not isinstance(value, list) or len(value) > MAX_RESULTS:
+        raise ValueError(f"expected a list of at most {MAX_RESULTS} prices, one per result")
+    return [_amount(v) for v in value]
+
+
 def _filters(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or len(value) > 64:
         raise ValueError("expected an object of at most 64 filters")
@@ -146,6 +152,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "search_id": Field(_id),
         "query": Field(_text(MAX_QUERY_LEN), required=False, default=""),
         "results": Field(_results, required=False, default=()),
+        "prices": Field(_prices, required=False),  # the price shown beside each result, aligned
         "filters": Field(_filters, required=False, default=None),
     },
     "click": {
@@ -195,6 +202,8 @@ def validate(raw: Any, event_type: str | None = None) -> Event:
                 event[name] = spec.check(value)
             except ValueError as exc:
                 raise InvalidEvent(f"{name}: {exc}") from None
+    if "prices" in event and len(event["prices"]) != len(event["results"]):
+        raise InvalidEvent(f"prices: {len(event['prices'])} prices for {len(event['results'])} results")
     return event
 
 

@@ -23,8 +23,8 @@ and a clickout's search precedes its click.
 ...            reference="7", platform="FR", device="mobile", current_filters="Pool",
 ...            impressions="5|7|9", prices="80|95|120")
 >>> search, click = row_events(row, session_query="Paris, France")
->>> search["results"], search["query"], search["locale"], search["filters"]
-(['5', '7', '9'], 'Paris, France', 'fr-FR', {'Pool': True})
+>>> search["results"], search["prices"], search["query"], search["locale"], search["filters"]
+(['5', '7', '9'], [80.0, 95.0, 120.0], 'Paris, France', 'fr-FR', {'Pool': True})
 >>> click["search_id"] == search["search_id"], click["position"], click["price"], click["ts"] - search["ts"]
 (True, 1, 95.0, 1)
 >>> [e["kind"] for e in row_events({**row, "action_type": "interaction item image"}, "")]
@@ -99,12 +99,14 @@ def row_events(row: dict[str, Any], session_query: str) -> list[Event]:
     filters = dict.fromkeys(_split(row["current_filters"]), True) or None
     search = {**common, "type": "search", "event_id": f"{search_id}-search", "search_id": search_id,
               "query": session_query, "results": impressions, "filters": filters}
+    prices = [float(p) for p in _split(row["prices"])]
+    if len(prices) == len(impressions):
+        search["prices"] = prices
     click["search_id"] = search_id
     if ref in impressions:
         click["position"] = impressions.index(ref)
-        prices = _split(row["prices"])
-        if len(prices) == len(impressions):
-            click["price"] = float(prices[click["position"]])
+        if "prices" in search:
+            click["price"] = prices[click["position"]]
     return [validate(search), validate(click)]
 
 
