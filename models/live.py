@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.ranker import Ranker
-from models.registry import CorruptModel, Registry
+from models.registry import CorruptModel, IncompatibleModel, Registry
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ class LiveModel:
         self.registry = registry
         self.device = device
         self._slots: tuple[Loaded | None, Loaded | None] = (None, None)
+
+    @property
+    def serving(self) -> Loaded | None:
+        """The version serving now with its model (one read: the two always belong together)."""
+        return self._slots[0]
 
     @property
     def version(self) -> int | None:
@@ -68,7 +73,7 @@ class LiveModel:
             return True
         try:
             loaded = Loaded(wanted, self.registry.load(wanted, self.device))
-        except CorruptModel:
+        except (CorruptModel, IncompatibleModel):
             log.exception("refusing model v%s; v%s keeps serving", wanted, self.version)
             return False
         self._slots = (loaded, current)

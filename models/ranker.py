@@ -25,6 +25,8 @@ from torch import nn
 from models.context import FEATURES, RULE
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
+# Which features, in which order, a model was trained on: a model is only ever fed the same set.
+FEATURE_SET = f"{zlib.crc32(','.join(FEATURES).encode()):08x}"
 
 
 def bucket(kind: str, value: str, buckets: int) -> int:
@@ -44,8 +46,9 @@ class RankerConfig:
     region_buckets: int = 256
     text_dim: int = 0  # 0: no text tower
     rule_weight: float = 4.0  # initial weight of the session rule feature: start from the known baseline
+    feature_set: str = FEATURE_SET
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 

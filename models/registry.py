@@ -8,7 +8,7 @@ so a half-written or corrupted file is never served. ``pointer.json`` says
 which version serves and which served before it (for rollback).
 
 >>> import tempfile
->>> from models.ranker import Ranker, RankerConfig
+>>> from models.ranker import FEATURE_SET, Ranker, RankerConfig
 >>> registry = Registry(tempfile.mkdtemp())
 >>> model = Ranker(RankerConfig(item_buckets=16, user_buckets=4, region_buckets=4))
 >>> v1 = registry.publish(model, parent=None, window=(0, 10), figures={"mrr": 0.5})
@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from models.ranker import Ranker, RankerConfig
+from models.ranker import FEATURE_SET, Ranker, RankerConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ _META = re.compile(r"^v(\d{6,})\.json$")
 
 class CorruptModel(RuntimeError):
     """Weights whose bytes do not match the published checksum."""
+
+
+class IncompatibleModel(RuntimeError):
+    """Weights trained on another feature set than this code computes."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ def encode_weights(model: Ranker) -> bytes:
 
 def decode_weights(data: bytes, device: str = "cpu") -> Ranker:
     payload = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    trained_on = payload["config"].get("feature_set")
+    if trained_on != FEATURE_SET:
+        raise IncompatibleModel(f"weights trained on feature set {trained_on}, this code computes {FEATURE_SET}")
     model = Ranker(RankerConfig(**payload["config"]))
     model.load_state_dict(payload["state"])
     return model.to(device)
@@ -148,7 +155,10 @@ class Registry:
         return data
 
     def load(self, version: int, device: str = "cpu") -> Ranker:
-        return decode_weights(self.read(version), device)
+        try:
+            return decode_weights(self.read(version), device)
+        except IncompatibleModel as exc:
+            raise IncompatibleModel(f"model v{version}: {exc}") from None
 
     def _pointer(self) -> dict[str, int | None]:
         path = self.root / "pointer.json"

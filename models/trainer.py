@@ -32,7 +32,7 @@ import torch
 
 from models.metrics import evaluate
 from models.ranker import Ranker, RankerConfig, collate, device, listwise_loss
-from models.registry import ModelVersion, Registry
+from models.registry import IncompatibleModel, ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,19 @@ class Trainer:
         self.model = Ranker(self.config).to(device)
         self._seen = 0
         self._optimiser_state: dict[str, Any] | None = None  # Adam's moments, carried between updates
+        self._incompatible: int | None = None  # a serving version this code cannot continue from
         self.resume()
 
     def resume(self) -> None:
         """Continue from the registry's serving version (after a crash, a restart or a rollback)."""
         serving = self.registry.current()
-        if serving is not None and serving != self.version:
-            self.model = self.registry.load(serving, self.device)
+        if serving is not None and serving not in (self.version, self._incompatible):
+            try:
+                self.model = self.registry.load(serving, self.device)
+            except IncompatibleModel as exc:  # the feature set changed: learn a new model, parentless
+                log.warning("%s; training a new model from scratch", exc)
+                self._incompatible = serving
+                return
             self.config = self.model.config
             self.version = serving
             self._optimiser_state = None

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from models.live import LiveModel
-from models.registry import CorruptModel
+from models.registry import CorruptModel, IncompatibleModel
 from serving.auth import require_admin_key
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -39,13 +39,13 @@ def _change(request: Request, version: int, action: str) -> dict[str, Any]:
     live = _live(request)
     try:
         if action == "promote":
-            live.registry.read(version)  # refuse to point serving at a corrupt file
+            live.registry.load(version)  # refuse to point serving at a corrupt or incompatible file
             live.registry.promote(version)
         else:
             live.registry.rollback(version)
     except KeyError:
         raise HTTPException(404, f"no model version {version}") from None
-    except (ValueError, CorruptModel) as exc:
+    except (ValueError, CorruptModel, IncompatibleModel) as exc:
         raise HTTPException(409, str(exc)) from None
     live.refresh()
     return _summary(live)
