@@ -162,8 +162,8 @@ def main() -> None:
         f"- trainer throughput on {replay.trainer.device}: "
         f"{mean([r.examples_per_second for r in trained]):,.0f} examples/s per update "
         f"(lists of ~25 items, {replay.trainer.epochs} epochs over new + replayed examples)",
-        f"- events from streams.datasets.trivago; price rank uses prices seen on earlier clicks "
-        f"(searches carry none); wall time {elapsed:.0f} s",
+        f"- events from streams.datasets.trivago; prices from the searches' impressions "
+        f"(aligned with results); wall time {elapsed:.0f} s",
     ])
     record("Ranking quality, Trivago slice, prequential end to end (examples -> trainer -> registry -> "
            "serving)", None, table(headers, rows) + "\n\nMRR by kind of clickout:\n\n" + by_segment, notes)

@@ -54,6 +54,8 @@ def record(title: str, command: str | None, table_md: str, notes: str = "") -> N
         *([notes, ""] if notes else []),
     ])
     print(section)
+    if os.environ.get("RELEVO_BENCH_RECORD", "1") == "0":  # a trial run: print, keep RESULTS.md as it is
+        return
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEvery section is appended by a benchmark run; "
                            "newest last.\n\n")

@@ -37,6 +37,8 @@ FEATURES = (
     "session_breadth", "list_length",
     "session_shown", "session_clicks", "last_clicked", "item_ctr", "item_impressions",
     "last_touched_position", "touch_age", "session_rule",
+    "last_touch_clicked", "searched_for", "offset_after_click", "price_vs_session",
+    "session_idle", "session_searches", "mobile", "filters",
 )
 # The rule "items the session touched first, most recent first, then the shown order" as a
 # feature: the ranker starts from it (see ``RankerConfig.rule_weight``) and learns corrections.
@@ -59,6 +61,10 @@ class Session:
 
     touches: dict[str, Touch] = field(default_factory=dict)
     shown: Counter[str] = field(default_factory=Counter)
+    searched: dict[str, int] = field(default_factory=dict)  # items a one-result search named, and when
+    log_prices: list[float] = field(default_factory=list)  # of the items it touched, latest last
+    searches: int = 0
+    last_ts: int | None = None
     last_click: str | None = None
 
 
@@ -122,15 +128,23 @@ class ContextState:
     def observe(self, event: dict[str, Any]) -> None:
         """Learn from a search (what was shown), a click or a purchase."""
         session: Session = self.sessions.touch(event["session_id"], Session)
+        session.last_ts = event["ts"]
         if event["type"] == "search":
-            session.shown.update(event.get("results", ()))
-            for item in event.get("results", ()):
+            results = event.get("results", ())
+            session.searches += len(results) > 1
+            session.shown.update(results)
+            for item in results:
                 self.impressions.add(item, event["ts"])
+            for item, price in zip(results, event.get("prices") or (), strict=False):
+                self._remember_price(item, price)
+            if len(results) == 1 and event.get("query"):  # a search naming one item: the user asked for it
+                session.searched[results[0]] = event["ts"]
             return
         item, ts = event["item_id"], event["ts"]
         if event.get("price"):
-            self.prices.touch(item, float)
-            self.prices[item] = event["price"]
+            self._remember_price(item, event["price"])
+        if self.prices.get(item):
+            session.log_prices = [*session.log_prices[-19:], math.log(self.prices[item])]
         grade = GRADES[event.get("kind", "click") if event["type"] == "click" else "purchase"]
         touch = session.touches.setdefault(item, Touch(ts, 0, grade))
         touch.last_ts, touch.count, touch.grade = max(ts, touch.last_ts), touch.count + 1, max(grade, touch.grade)
@@ -143,6 +157,10 @@ class ContextState:
         region = self.regions.setdefault(event["region"], DecayedCounts(self._half_life_ms))
         region.add(item, ts, grade)
         self.popularity.add(item, ts, grade)
+
+    def _remember_price(self, item: str, price: float) -> None:
+        self.prices.touch(item, float)
+        self.prices[item] = price
 
     def session_items(self, session_id: str) -> list[str]:
         """Items the session touched, most recent first."""
@@ -171,11 +189,17 @@ class ContextState:
         recency = {item: rank for rank, item in enumerate(self.session_items(search["session_id"]))}
         touched_here = [p for p, item in enumerate(items) if item in touches]
         last_pos = min(touched_here, key=lambda p: recency[items[p]]) if touched_here else None
-        price_rank, price_gap = self._price_features(items, search.get("prices"))
+        prices = search.get("prices") or [self.prices.get(item, 0.0) for item in items]
+        price_rank, price_gap = self._price_features(items, prices)
+        session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
+        idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
+        context = [idle, math.log1p(session.searches), float(search.get("device") == "mobile"),
+                   math.log1p(len(search.get("filters") or ()))]
         region = self.regions.get(search["region"])
         region_pop = [region.get(i, ts) if region else 0.0 for i in items]
         region_rank = _rank_fraction([-p for p in region_pop])
         user = self.users.get(search["user_id"], {})
+        last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
         by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
         rule_rank = {p: rank for rank, p in enumerate(by_rule)}
         rows = []
@@ -205,5 +229,10 @@ class ContextState:
                 0.0 if last_pos is None else last_pos / max(n, 1),
                 math.log1p(max(0, ts - touch.last_ts) / 1000) / 10 if touch else 0.0,
                 1.0 / (1 + rule_rank[p]),
+                float(last_clicked),
+                float(item in session.searched),
+                offset if last_clicked else 0.0,
+                max(-2.0, min(2.0, math.log(prices[p]) - session_price)) if session_price and prices[p] else 0.0,
+                *context,
             ])
         return rows
