@@ -20,6 +20,7 @@ from tqdm import tqdm
 from models.catalog import load_amazon, read_items
 from models.encoder import DEFAULT_ENCODER, ENCODERS, load_encoder
 from models.query import QueryUnderstanding
+from models.rerank import LearnedReranker
 from models.retrieval import CatalogIndexer
 from models.search import FeatureSource, SearchService
 from models.taxonomy import TAXONOMY, IntentClassifier, read_taxonomy
@@ -64,7 +65,7 @@ class CatalogConsumer:
 
 
 def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,
-                         taxonomy: Path = TAXONOMY) -> SearchService:
+                         reranker: LearnedReranker | None = None, taxonomy: Path = TAXONOMY) -> SearchService:
     """A ``SearchService`` over ``catalog``, with intent from the taxonomy when it exists."""
     intents = None
     if Path(taxonomy).exists():
@@ -72,7 +73,7 @@ def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None
     else:
         log.warning("no taxonomy at %s: queries get no intent category", taxonomy)
     catalog.encoder.encode_queries(["warm up"])  # loads the model now, not on the first request (~2 s)
-    return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features)
+    return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features, reranker=reranker)
 
 
 def load_items(data_dir: Path, items: Iterable[object], encoder_name: str = DEFAULT_ENCODER,

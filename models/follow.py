@@ -15,7 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from models.catalog_cli import CatalogConsumer
 from models.context import ContextState
@@ -43,23 +44,48 @@ async def follow_updates(live: LiveModel, settings: Settings, stop: asyncio.Even
 
 
 async def follow_events(state: ContextState, settings: Settings, stop: asyncio.Event | None = None,
-                        from_beginning: bool = False) -> None:
-    """Apply every valid search, click and purchase to ``state``, in event-time order per poll."""
+                        since_ms: int | None = None) -> None:
+    """Apply every valid search, click and purchase to ``state``, in event-time order per poll.
+
+    Starts at the records produced since ``since_ms`` (epoch ms; 0: the whole log), else at the
+    end of the topics. A restarted replica replays recent history so sessions keep their context.
+    """
     stop = stop or asyncio.Event()
     types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
-    consumer = AIOKafkaConsumer(*types, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest" if from_beginning else "latest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
+        await _assign_since(consumer, list(types), since_ms)
         while not stop.is_set():
             polled = await consumer.getmany(timeout_ms=500)
-            events = [e for tp, records in polled.items() for r in records
-                      for e in decode_record(r.value, types[tp.topic])[0]]  # the worker sends rejects to the DLQ
+            # Older records are skipped as well as sought past: some brokers (Tansu) answer a
+            # lookup by time with the start of the log. The worker sends rejects to the DLQ.
+            events = [e for tp, records in polled.items() for r in records if r.timestamp >= (since_ms or 0)
+                      for e in decode_record(r.value, types[tp.topic])[0]]
             for event in sorted(events, key=lambda e: e["ts"]):
                 state.observe(event)
     finally:
         await consumer.stop()
+
+
+async def _assign_since(consumer: AIOKafkaConsumer, topics: list[str], since_ms: int | None) -> None:
+    """Assign every partition of ``topics`` and seek to the first record at or after ``since_ms``."""
+    await consumer.topics()  # fetches the cluster metadata partitions_for_topic reads
+    partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+    consumer.assign(partitions)
+    if since_ms is None:
+        await consumer.seek_to_end(*partitions)
+        return
+    try:
+        found = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
+    except KafkaError as exc:  # a broker without timestamp lookups: history is lost, not the follower
+        log.warning("cannot look up offsets by time (%s); following from the end", exc)
+        found = {}
+    for partition in partitions:
+        if found.get(partition) is not None:
+            consumer.seek(partition, found[partition].offset)
+        else:  # nothing that recent: only new records
+            await consumer.seek_to_end(partition)
 
 
 async def follow_catalog(consumer_of_items: CatalogConsumer, settings: Settings,

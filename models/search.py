@@ -2,9 +2,10 @@
 user and region features, then localisation (title in the user's locale, regional
 price, items not sold in the region filtered out).
 
-The ranker is a weighted sum of signals in [0, 1]; its ``score`` returns the
-explanation (each signal's value, weight and contribution) beside the score. The
-learning loop replaces the weights (or the whole ranker, same interface) later.
+The first ranker is a weighted sum of signals in [0, 1]; its ``score`` returns the
+explanation (each signal's value, weight and contribution) beside the score. When a
+``LearnedReranker`` is attached, the learning loop's serving model re-orders the top
+results (``models/rerank.py``) and adds its score to each explanation.
 
 >>> ranker = FirstRanker()
 >>> item = {"item_id": "k1", "titles": {"de-DE": "Wasserkocher"}, "category": "Kitchen", "brand": "Acme"}
@@ -26,6 +27,7 @@ from threadpoolctl import ThreadpoolController
 
 from models.locale import Translator, language_of, localized_title, price_for
 from models.query import QueryUnderstanding
+from models.rerank import LearnedReranker
 from models.retrieval import CatalogIndexer, Hit, HybridRetriever
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,9 @@ class SearchService:
     def __init__(self, catalog: CatalogIndexer, understanding: QueryUnderstanding | None = None,
                  ranker: FirstRanker | None = None, features: FeatureSource | None = None,
                  translator: Translator | None = None, lexical_weight: float = 3.5,
-                 candidates: int = 100) -> None:
+                 candidates: int = 100, reranker: LearnedReranker | None = None) -> None:
         self.catalog = catalog
+        self.reranker = reranker  # the learned second stage; None: the first ranker's order stands
         self.understanding = understanding or QueryUnderstanding(catalog)
         self.ranker = ranker or FirstRanker()
         self.features = features
@@ -130,7 +133,7 @@ class SearchService:
         return best
 
     async def search(self, query: str, user_id: str | None = None, region: str | None = None,
-                     locale: str | None = None, k: int = 20) -> dict:
+                     locale: str | None = None, k: int = 20, session_id: str | None = None) -> dict:
         """Ranked, localised results for ``query`` with explanations and query understanding."""
         started = time.perf_counter()
         region = region.upper() if region else None
@@ -147,11 +150,18 @@ class SearchService:
             score, why = self.ranker.score(query_features, item, context)
             ranked.append((score, item, why))
         ranked.sort(key=lambda r: (-r[0], r[1]["item_id"]))
-        results = [{"item_id": item["item_id"], **localized_title(item["titles"], context["locale"],
-                                                                    self.translator),
-                    "category": item["category"], "brand": item["brand"], "price": price_for(item, region),
-                    "score": round(score, 4), "explanation": why}
-                   for score, item, why in ranked[:k]]
+        depth = max(k, self.reranker.depth) if self.reranker else k
+        head = [{"item_id": item["item_id"], "price": price_for(item, region), "score": round(score, 4),
+                 "explanation": why} for score, item, why in ranked[:depth]]
+        if self.reranker is not None:
+            head = self.reranker.rerank(head, {"session_id": session_id or user_id or "",
+                                               "user_id": user_id or "", "region": region or ""})
+        results = []
+        for result in head[:k]:
+            item = self.catalog.items[result["item_id"]]
+            results.append({"item_id": item["item_id"], **localized_title(item["titles"], context["locale"],
+                                                                          self.translator),
+                            "category": item["category"], "brand": item["brand"], **result})
         return {"query": query, "region": region, "locale": context["locale"], "user_id": user_id,
                 "understanding": understanding, "results": results,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2)}

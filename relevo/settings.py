@@ -59,6 +59,10 @@ class Settings:
     suggest_min_support: float = _env_field("RELEVO_SUGGEST_MIN_SUPPORT", 1.5,
                                             "decayed distinct sessions before a query is suggested")
     registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
+    rerank_depth: int = _env_field("RELEVO_RERANK_DEPTH", 50,
+                                   "search results the learned model re-orders (0: first ranker only)")
+    context_warmup_s: int = _env_field("RELEVO_CONTEXT_WARMUP_S", 3600,
+                                       "event history a serving replica replays at start for ranking context")
     cache_dir: Path = _env_field("RELEVO_CACHE_DIR", Path("~/.cache/relevo"),
                                  "models built from installed packages (the rebuilt E5 is ~450 MB); never in git")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")

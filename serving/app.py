@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
@@ -14,9 +15,11 @@ from drift.sinks import AlertStore
 from features.keys import Keys
 from features.store import OnlineStore
 from models.catalog_cli import CatalogConsumer, build_search_service, catalog_dir, open_catalog
-from models.follow import follow_catalog, follow_updates
+from models.context import ContextState
+from models.follow import follow_catalog, follow_events, follow_updates
 from models.live import LiveModel
 from models.registry import Registry
+from models.rerank import LearnedReranker
 from models.suggest.service import SuggestService
 from models.trainer_worker import registry_dir
 from relevo import __version__
@@ -79,7 +82,8 @@ async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> 
         return user, await state.store.region(region) if region else None
 
     catalog = await asyncio.to_thread(open_catalog, settings.data_dir)
-    state.search = await asyncio.to_thread(build_search_service, catalog, features)
+    reranker = LearnedReranker(state.models, state.context, settings.rerank_depth) if settings.rerank_depth else None
+    state.search = await asyncio.to_thread(build_search_service, catalog, features, reranker)
     log.info("search ready over %d items", len(catalog))
     await follow_catalog(CatalogConsumer(catalog, catalog_dir(settings.data_dir)), settings,
                          state.ingest.dead_letter, stop)
@@ -96,12 +100,15 @@ def create_app(settings: Settings) -> FastAPI:
         state.lag = LagMonitor(settings)
         state.alerts = AlertStore(state.redis, state.keys)
         state.models = LiveModel(Registry(registry_dir(settings)))
+        state.context = ContextState()  # the learned ranker's view of sessions, fed by follow_events
         state.suggest = SuggestService(state.redis, state.keys, settings.suggest_config(), features=state.store)
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
         await state.ingest.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(state.lag.run()),
                  asyncio.create_task(follow_updates(state.models, settings, stop)),
+                 asyncio.create_task(follow_events(state.context, settings, stop,
+                                                   since_ms=int((time.time() - settings.context_warmup_s) * 1000))),
                  asyncio.create_task(open_search(app, settings, stop))]
         try:
             yield

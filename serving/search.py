@@ -38,12 +38,16 @@ def _check(query: str, region: str | None, locale: str | None) -> str:
 async def search(request: Request,
                  q: str = Query(..., max_length=MAX_QUERY_CHARS, description="query text, any language"),
                  user_id: str | None = Query(None, max_length=200),
+                 session_id: str | None = Query(None, max_length=200,
+                                                description="the shopper's session: the learned ranker uses what it "
+                                                            "touched (default: user_id)"),
                  region: str | None = Query(None, description="market, e.g. DE; items not sold there are hidden"),
                  locale: str | None = Query(None, description="BCP 47, e.g. de-AT; picks the titles shown"),
                  k: int = Query(20, ge=1, le=100, description="how many results")) -> dict:
     """Items for ``q`` ranked for the user and region, with explanations."""
     query = _check(q, region, locale)
-    return await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k)
+    return await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k,
+                                          session_id=session_id)
 
 
 @router.get("/v1/query/understand")

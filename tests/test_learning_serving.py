@@ -86,20 +86,23 @@ async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_
         await updates.stop()
 
 
-async def test_serving_follows_events_and_model_updates(kafka_bootstrap: str, tmp_path: Path) -> None:
+async def test_serving_replays_recent_events_and_follows_model_updates(kafka_bootstrap: str, tmp_path: Path) -> None:
     settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"f{tmp_path.name[-8:]}.",
                         partitions=1)
     await ensure_topics(settings)
     registry = Registry(tmp_path)
     live, state, stop = LiveModel(registry), ContextState(), asyncio.Event()
-    followers = [asyncio.create_task(follow_events(state, settings, stop, from_beginning=True)),
-                 asyncio.create_task(follow_updates(live, settings, stop))]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
+    click = {"type": "click", "event_id": "c1", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s",
+             "region": "FR", "item_id": "a", "kind": "view"}
+    old = await producer.send_and_wait(settings.topic("events.click"), orjson.dumps({**click, "item_id": "old"}))
+    await asyncio.sleep(0.05)
+    # Produced before the replica starts, inside its warm-up window: replayed. The one before is not.
+    await producer.send_and_wait(settings.topic("events.click"), orjson.dumps([click, {"type": "click"}]))
+    followers = [asyncio.create_task(follow_events(state, settings, stop, since_ms=old.timestamp + 1)),
+                 asyncio.create_task(follow_updates(live, settings, stop))]
     try:
-        click = {"type": "click", "event_id": "c1", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s",
-                 "region": "FR", "item_id": "a", "kind": "view"}
-        await producer.send_and_wait(settings.topic("events.click"), orjson.dumps([click, {"type": "click"}]))
         await asyncio.sleep(1.5)  # the update follower is listening from the end of the topic now
         registry.publish(Ranker(SMALL), parent=None, window=(0, 1), figures={})
         await producer.send_and_wait(settings.topic("model.updates"), orjson.dumps({"version": 1}))

@@ -5,14 +5,20 @@ and the HTTP routes' errors."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from models.context import ContextState
 from models.encoder import UseEncoder
+from models.live import LiveModel
 from models.query import QueryUnderstanding
+from models.ranker import Ranker, RankerConfig
+from models.registry import Registry
+from models.rerank import LearnedReranker
 from models.retrieval import CatalogIndexer
 from models.search import SearchService
 from models.taxonomy import IntentClassifier, read_taxonomy
@@ -118,6 +124,27 @@ def test_personalisation_is_explained(catalog):
     assert {"text", "session", "region_popularity", "user_category"} <= set(why)
     assert set(plain[0]["explanation"]) <= {"text", "locale"}
     assert next(r for r in personal if r["item_id"] == "kettle")["explanation"]["user_brand"]["value"] == 1.0
+
+
+def test_the_serving_learned_model_reorders_results_for_the_session(catalog, tmp_path):
+    registry, state = Registry(tmp_path), ContextState()
+    live = LiveModel(registry)
+    service = SearchService(catalog, reranker=LearnedReranker(live, state))
+    first_stage = [r["item_id"] for r in search(service, "kitchen things", session_id="s1", k=5)["results"]]
+    touched = first_stage[-1]
+    state.observe({"type": "click", "ts": int(time.time() * 1000) - 5_000, "session_id": "s1", "user_id": "u1",
+                   "region": "GB", "item_id": touched, "kind": "view"})
+    assert [r["item_id"] for r in search(service, "kitchen things", session_id="s1", k=5)["results"]] == first_stage
+    # A fresh model starts from "what the session touched first", so one version is enough to see it act.
+    registry.publish(Ranker(RankerConfig(item_buckets=64, user_buckets=8, region_buckets=8)), parent=None,
+                     window=(0, 1), figures={})
+    live.refresh()
+    results = search(service, "kitchen things", session_id="s1", k=5)["results"]
+    assert results[0]["item_id"] == touched and {r["item_id"] for r in results} == set(first_stage)
+    assert results[0]["explanation"]["learned"]["model_version"] == 1
+    assert results[0]["explanation"]["learned"]["first_stage_position"] == 4
+    other_session = search(service, "kitchen things", session_id="s2", k=5)["results"]
+    assert other_session[0]["item_id"] != touched
 
 
 def test_index_persists_across_restart_without_reencoding(catalog, encoder, tmp_path):
