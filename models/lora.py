@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -197,3 +197,41 @@ def query_mrr(tower: LoraQueryTower, examples: Sequence[Mapping[str, Any]],
         scores = items @ vector  # one product: a separate dot for the target can round differently
         reciprocal.append(1.0 / (1 + int((scores > scores[targets[0]]).sum())))
     return sum(reciprocal) / len(reciprocal)
+
+
+class ItemVectors(Mapping[str, torch.Tensor]):
+    """Frozen item vectors for a tower, encoded from item texts when ``prepare`` first meets them.
+
+    The trainer reads it as a plain mapping; the worker calls ``prepare`` with each batch's
+    items first, so encoding runs in batches and never inside the trainer's loops. At most
+    ``limit`` vectors are kept (the oldest are forgotten, and encoded again if they return).
+
+    >>> tower = LoraQueryTower(tiny_bert(), HashTokenizer(512), device="cpu")
+    >>> vectors = ItemVectors(tower, {"a": "red shoes", "b": "blue kettle"}.get)
+    >>> vectors.prepare(["a", "b", "unknown"])
+    2
+    >>> sorted(vectors), vectors["a"].shape
+    (['a', 'b'], torch.Size([32]))
+    """
+
+    def __init__(self, tower: LoraQueryTower, text_of: Callable[[str], str | None], limit: int = 200_000) -> None:
+        self.tower, self.text_of, self.limit = tower, text_of, limit
+        self._vectors: dict[str, torch.Tensor] = {}
+
+    def prepare(self, item_ids: Sequence[str]) -> int:
+        """Encode the items not yet known that have a text; returns how many were encoded."""
+        texts = {i: t for i in dict.fromkeys(item_ids) if i not in self._vectors and (t := self.text_of(i))}
+        if texts:
+            self._vectors.update(zip(texts, self.tower.encode_items(list(texts.values())), strict=True))
+            for stale in list(self._vectors)[: max(0, len(self._vectors) - self.limit)]:
+                del self._vectors[stale]
+        return len(texts)
+
+    def __getitem__(self, item_id: str) -> torch.Tensor:
+        return self._vectors[item_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vectors)
+
+    def __len__(self) -> int:
+        return len(self._vectors)

@@ -85,11 +85,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def encode_weights(model: Ranker) -> bytes:
-    """The published form of a ranker: its config and its state dict."""
+def encode_weights(model: Ranker, adapter: dict[str, torch.Tensor] | None = None) -> bytes:
+    """The published form of a ranker: its config and its state dict (and the query
+    tower's LoRA adapters, when one learns: one file, so one checksum covers both)."""
     buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"config": model.config.to_dict(), "state": state}, buffer)
+    payload: dict[str, Any] = {"config": model.config.to_dict(), "state": state}
+    if adapter is not None:
+        payload["query_adapter"] = {k: v.detach().cpu() for k, v in adapter.items()}
+    torch.save(payload, buffer)
     return buffer.getvalue()
 
 
@@ -133,9 +137,10 @@ class Registry:
         return max(found, default=None)
 
     def publish(self, model: Ranker, *, parent: int | None, window: tuple[int, int],
-                figures: dict[str, float], promote: bool = True) -> ModelVersion:
+                figures: dict[str, float], promote: bool = True,
+                adapter: dict[str, torch.Tensor] | None = None) -> ModelVersion:
         """Write a new version (weights, then metadata) and, by default, make it serve."""
-        data = encode_weights(model)
+        data = encode_weights(model, adapter)
         version = (self.latest() or 0) + 1
         meta = ModelVersion(version, hashlib.sha256(data).hexdigest(), parent, window,
                             figures, model.config.to_dict(), time.time())
@@ -159,6 +164,11 @@ class Registry:
             return decode_weights(self.read(version), device)
         except IncompatibleModel as exc:
             raise IncompatibleModel(f"model v{version}: {exc}") from None
+
+    def load_adapter(self, version: int) -> dict[str, torch.Tensor] | None:
+        """The query tower's LoRA adapters published with ``version``, if any."""
+        payload = torch.load(io.BytesIO(self.read(version)), map_location="cpu", weights_only=True)
+        return payload.get("query_adapter")
 
     def _pointer(self) -> dict[str, int | None]:
         path = self.root / "pointer.json"

@@ -63,6 +63,8 @@ class Settings:
                                    "search results the learned model re-orders (0: first ranker only)")
     context_warmup_s: int = _env_field("RELEVO_CONTEXT_WARMUP_S", 3600,
                                        "event history a serving replica replays at start for ranking context")
+    query_tower: str = _env_field("RELEVO_QUERY_TOWER", "auto",
+                                  "LoRA on the E5 query tower in the trainer: auto (on a GPU), e5, off")
     cache_dir: Path = _env_field("RELEVO_CACHE_DIR", Path("~/.cache/relevo"),
                                  "models built from installed packages (the rebuilt E5 is ~450 MB); never in git")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")
