@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import random
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,12 @@ from fastapi import FastAPI
 from bench.report import record, table
 from models.catalog import load_amazon
 from models.catalog_cli import build_search_service
+from models.context import ContextState
 from models.encoder import DEFAULT_ENCODER, load_encoder
+from models.live import LiveModel
+from models.ranker import Ranker, RankerConfig
+from models.registry import Registry
+from models.rerank import LearnedReranker
 from models.retrieval import CatalogIndexer
 from serving.search import router
 
@@ -49,6 +55,18 @@ def queries(items: list[dict], count: int, seed: int = 7) -> list[tuple[str, str
         locale, title = rng.choice(sorted(item["titles"].items()))
         out.append((" ".join(title.split()[:rng.randint(2, 4)]), locale.split("-")[1], locale))
     return out
+
+
+def learned_reranker(session_items: list[str]) -> LearnedReranker:
+    """A serving ranker version (freshly initialised: its cost is what matters here) and a session."""
+    registry = Registry(tempfile.mkdtemp())
+    registry.publish(Ranker(RankerConfig()), parent=None, window=(0, 1), figures={})
+    live, state = LiveModel(registry), ContextState()
+    live.refresh()
+    for n, item in enumerate(session_items):
+        state.observe({"type": "click", "ts": int(time.time() * 1000) - 1000 * n, "session_id": "u1", "user_id": "u1",
+                       "region": "", "item_id": item, "kind": "view"})
+    return LearnedReranker(live, state)
 
 
 def percentiles(samples: list[float]) -> list[float]:
@@ -123,6 +141,9 @@ def main() -> None:
         (ann_top if ann else exact_top).extend(tops)
         rows.append([f"in process, {label}", *percentiles(in_process(service, cases)), round(warm_s, 1)])
     rows.append(["HTTP loopback (uvicorn + httpx), faiss HNSW", *percentiles(over_http(service, cases)), ""])
+    service.reranker = learned_reranker(user["session_items"])
+    rows.append([f"in process, faiss HNSW + learned model re-ranking the top {service.reranker.depth}",
+                 *percentiles(in_process(service, cases)), ""])
     overlap = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(ann_top, exact_top, strict=True)])
     notes = (f"{len(catalog):,} items ({len(catalog.lexical):,} titles), encoder `{args.encoder}`, "
              f"hybrid retrieval (100 dense + 100 BM25 candidates) + intent + first ranker with user and "
