@@ -75,7 +75,8 @@ class Replay:
         self.registry = Registry(root)
         self.trainer = Trainer(self.registry)
         self.live = LiveModel(self.registry)
-        self.builder = ExamplesBuilder(self.emit, wait_s=wait_s, batch_size=batch_size, state=self.state)
+        self.builder = ExamplesBuilder(self.emit, wait_s=wait_s, batch_size=batch_size, state=self.state,
+                                       sources=("search", "click"))  # one in-order stream: no topic lags
         self.frozen = None
         self.clicks: Counter[str] = Counter()
         self.ranks: dict[str, list[float]] = defaultdict(list)

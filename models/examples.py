@@ -5,25 +5,38 @@ snapshotted from ``ContextState`` *before* any later event is applied (point in
 time: its own clicks are never in its features). Clicks, carts and purchases
 that follow it raise the grade of the item they name, matched by
 ``search_id``, else by session and item within ``join_window_s``. Once the
-stream clock (event time) passes the search time plus ``wait_s`` the example is
-final and goes into a batch; batches leave through ``emit`` by size or age
-(age is checked whenever events arrive, and ``close`` flushes the rest).
+watermark passes the search time plus ``wait_s`` the example is final and goes
+into a batch; batches leave through ``emit`` by size or age (age is checked
+whenever events arrive, and ``close`` flushes the rest).
+
+The watermark is the event time every active source (a topic partition, as the
+worker's pipeline marks each event; else the event type) has reached: the slowest
+one's latest event time. A topic read behind the others would otherwise see its
+clicks arrive after their searches were closed unlabelled. A source silent for
+``idle_s`` of wall time (a shop that sends no purchases) stops holding it back.
+Events wait in a buffer until the watermark passes them, then apply in event-time
+order (searches before what follows them at the same time).
 
 >>> import asyncio
 >>> batches = []
 >>> async def emit(batch): batches.append(batch)
->>> builder = ExamplesBuilder(emit, wait_s=0, batch_size=1)
+>>> builder = ExamplesBuilder(emit, wait_s=5, batch_size=1, sources=("search", "click"))
 >>> base = {"ts": 1_000, "session_id": "s", "user_id": "u", "region": "FR"}
 >>> asyncio.run(builder.process([
 ...     {**base, "type": "search", "event_id": "1", "search_id": "q1", "results": ["a", "b"]},
 ...     {**base, "type": "click", "event_id": "2", "item_id": "b", "kind": "cart", "search_id": "q1"},
 ...     {**base, "type": "click", "event_id": "3", "ts": 2_000, "item_id": "a", "kind": "view"}]))
+>>> batches  # the view at 2 s is within the 5 s wait: the search stays open
+[]
+>>> asyncio.run(builder.close())
 >>> batches[0][0]["items"], batches[0][0]["labels"]
 (['a', 'b'], [1, 3])
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -32,11 +45,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.context import GRADES, ContextState
-from streams.events import Event
+from streams.events import EVENT_TYPES, Event
+from streams.pipeline import SOURCE
 
 log = logging.getLogger(__name__)
 
 Example = dict[str, Any]
+_ORDER = {"search": 0, "click": 1, "purchase": 2}  # at equal times a search precedes what follows it
 Emit = Callable[[list[Example]], Awaitable[None]]
 
 
@@ -54,40 +69,67 @@ class ExamplesBuilder:
 
     def __init__(self, emit: Emit, *, wait_s: float = 10.0, join_window_s: float = 1800.0,
                  batch_size: int = 256, batch_age_s: float = 5.0, state: ContextState | None = None,
-                 remember_events: int = 200_000) -> None:
+                 remember_events: int = 200_000, idle_s: float = 5.0,
+                 sources: Sequence[str] = EVENT_TYPES) -> None:
         self.emit = emit
         self.wait_ms = int(wait_s * 1000)
         self.join_window_ms = int(join_window_s * 1000)
         self.batch_size = batch_size
         self.batch_age_s = batch_age_s
         self.state = state or ContextState()
-        self.clock = 0  # the stream clock: latest event time seen
+        self.idle_s = idle_s
+        # event type -> (latest event time, wall time last seen); every source counts from the start,
+        # so a topic read late at start-up cannot have its searches closed before its clicks arrive
+        self._sources: dict[str, tuple[int, float]] = dict.fromkeys(sources, (0, time.monotonic()))
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by search_id, in arrival order
         self._by_session: dict[str, list[str]] = {}  # session -> its pending search ids
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_events
         self._batch: list[Example] = []
         self._batch_started = 0.0
+        self._waiting: list[tuple[int, int, int, Event]] = []  # a heap by (ts, type order, arrival)
+        self._arrivals = itertools.count()
 
     async def process(self, events: Sequence[Event]) -> None:
-        """Apply a batch in event-time order; redelivered event ids are ignored."""
-        for event in sorted(events, key=lambda e: e["ts"]):
+        """Take a batch; apply, in event-time order, every event the watermark has passed.
+
+        Events wait in a buffer until every active source has reached their time, so a
+        click read before its search (the click topic ahead) neither misses its search nor
+        leaks into the search's features. Redelivered event ids are ignored.
+        """
+        for event in events:
             if event["event_id"] in self._seen:
                 continue
             self._seen[event["event_id"]] = None
             if len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
-            self.clock = max(self.clock, event["ts"])
+            source = event.get(SOURCE, event["type"])
+            latest, _ = self._sources.get(source, (0, 0.0))
+            self._sources[source] = (max(latest, event["ts"]), time.monotonic())
+            heapq.heappush(self._waiting, (event["ts"], _ORDER.get(event["type"], 9), next(self._arrivals), event))
+        watermark = self.watermark()
+        self._apply_until(watermark)
+        self._finalise(watermark - self.wait_ms)
+        await self._flush(force=False)
+
+    def _apply_until(self, watermark: int | None) -> None:
+        while self._waiting and (watermark is None or self._waiting[0][0] <= watermark):
+            event = heapq.heappop(self._waiting)[-1]
             if event["type"] == "search":
                 self._open(event)
             else:
                 self._label(event)
             self.state.observe(event)
-        self._finalise(self.clock - self.wait_ms)
-        await self._flush(force=False)
+
+    def watermark(self) -> int:
+        """Event time (epoch ms) every source still sending has reached; 0 before any event."""
+        now = time.monotonic()
+        active = [ts for ts, seen in self._sources.values() if now - seen <= self.idle_s]
+        return min(active, default=max((ts for ts, _ in self._sources.values()), default=0))
 
     async def close(self) -> None:
-        """Finalise every pending search and emit what is left."""
+        """Apply every waiting event, finalise every pending search and emit what is left."""
+        self._apply_until(None)
         self._finalise(None)
         await self._flush(force=True)
 

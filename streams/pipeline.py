@@ -22,6 +22,8 @@ from streams.processors import BatchProcessor
 
 log = logging.getLogger(__name__)
 
+# Transport metadata added to each event (not part of the contract): its topic and partition.
+SOURCE = "_source"
 SendDLQ = Callable[[bytes, dict[str, str]], Awaitable[None]]
 RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -54,6 +56,8 @@ class EventPipeline:
         for record in records:
             valid, rejects = decode_record(record.value, self.topic_types.get(record.topic),
                                            self.max_event_bytes)
+            for event in valid:  # where it was read: event-time operators keep a watermark per source
+                event[SOURCE] = f"{record.topic}:{record.partition}"
             events.extend(valid)
             per_topic[record.topic] += len(valid)
             for reject in rejects:

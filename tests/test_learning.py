@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,53 @@ async def test_examples_never_carry_their_own_outcome() -> None:
     assert first["features"][1][FEATURES.index("region_popularity")] == 0
     assert second["features"][1][touched] == 1 and second["features"][1][grade] == 1.0  # later lists see them
     assert second["labels"] == [0, 0]  # the purchase happened before this search: not its outcome
+
+
+async def test_clicks_read_behind_their_searches_still_label_them() -> None:
+    events = planted_stream(200)
+    batches: list[list[dict[str, Any]]] = []
+
+    async def emit(batch: list[dict[str, Any]]) -> None:
+        batches.append(batch)
+
+    # Two topics read at different paces: every search first, the clicks much later in event time.
+    builder = ExamplesBuilder(emit, wait_s=10, batch_size=50)
+    await builder.process([e for e in events if e["type"] == "search"])
+    await builder.process([e for e in events if e["type"] == "click"])
+    await builder.close()
+    assert sum(1 for batch in batches for e in batch if max(e["labels"]) > 0) == 200
+
+
+async def test_a_click_read_before_its_search_labels_it_and_stays_out_of_its_features() -> None:
+    emitted: list[dict[str, Any]] = []
+
+    async def emit(batch: list[dict[str, Any]]) -> None:
+        emitted.extend(batch)
+
+    builder = ExamplesBuilder(emit, wait_s=10, batch_size=1, sources=("search", "click"))
+    search, click = planted_stream(1)
+    await builder.process([click])  # the click topic is ahead of the search topic
+    await builder.process([search])
+    await builder.close()
+    touched = FEATURES.index("touched")
+    assert emitted[0]["labels"][emitted[0]["items"].index(click["item_id"])] == 2
+    assert all(row[touched] == 0 for row in emitted[0]["features"])
+
+
+async def test_a_silent_source_stops_holding_the_watermark_back() -> None:
+    emitted: list[dict[str, Any]] = []
+
+    async def emit(batch: list[dict[str, Any]]) -> None:
+        emitted.extend(batch)
+
+    builder = ExamplesBuilder(emit, wait_s=0, batch_size=1, idle_s=0.2, sources=("search", "click"))
+    q0, c0, q1, _, q2, _ = planted_stream(3)
+    await builder.process([q0, c0])
+    await builder.process([q1])  # the click topic has only reached q0's time: q1 may still get its click
+    assert [e["search_id"] for e in emitted] == ["q0"]
+    await asyncio.sleep(0.3)  # the click topic goes quiet
+    await builder.process([q2])
+    assert [e["search_id"] for e in emitted] == ["q0", "q1", "q2"]
 
 
 async def test_redelivered_events_are_applied_once() -> None:
