@@ -3,7 +3,8 @@
 ``Trainer.update(batch)`` is one learning step of the loop:
 
 1. **prequential evaluation** — the serving model scores the new examples
-   before it has learned from them (MRR, NDCG@10, log-loss);
+   before it has learned from them (MRR, NDCG@10, log-loss), beside the
+   session rule's MRR on the same lists;
 2. a few examples go to a **hold-out** that is never trained on;
 3. a copy of the model is **fine-tuned** on the rest plus a sample of the
    bounded **replay buffer** (so it does not forget older traffic);
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from models.context import RULE
 from models.metrics import evaluate
 from models.ranker import Ranker, RankerConfig, collate, device, listwise_loss
 from models.registry import IncompatibleModel, ModelVersion, Registry
@@ -112,6 +114,9 @@ class Trainer:
         """One step of the loop; returns what was measured and published."""
         self.resume()
         report = UpdateReport(len(batch), self.evaluate(self.model, batch))
+        # the baseline on the same lists: "items the session touched first, most recent first"
+        rule = evaluate([[row[RULE] for row in e["features"]] for e in batch], [e["labels"] for e in batch])
+        report.prequential["session_rule_mrr"] = rule["mrr"]
         fresh: list[Example] = []
         for example in batch:
             self._seen += 1

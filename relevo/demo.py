@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sys
 import time
 from collections import Counter
@@ -52,6 +53,10 @@ BROKEN_RECORDS = [  # what a misbehaving shop sends: each must land in the DLQ w
 def run_demo(settings: Settings, limit: int | None = None, speed: float | None = None,
              keep_running: bool = False, inject_drift: str | None = None) -> int:
     settings = Settings(**{**settings.__dict__, "api_port": 0}) if settings.api_port == 8000 else settings
+    if not settings.registry_dir:  # each demo learns from scratch: a model that saw this slice before would flatter it
+        demo_models = settings.data_dir / "demo-models"
+        shutil.rmtree(demo_models, ignore_errors=True)
+        settings = Settings(**{**settings.__dict__, "registry_dir": str(demo_models)})
     load_catalog(settings)
     with Runtime(settings, workers=1, trainer=True) as runtime:
         log.info("stack up: API %s; waiting for the worker to join its group", runtime.api_url)
@@ -61,16 +66,16 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
             events = with_drift(events, inject_drift)
         busiest_user = Counter(e["user_id"] for e in events).most_common(1)[0][0]
         busiest_region = Counter(e["region"] for e in events).most_common(1)[0][0]
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         sent = asyncio.run(_send(runtime.settings, events, speed))
         log.info("replayed %d events in %.1fs; waiting for the worker to apply them", len(events),
                  time.monotonic() - started)
         summary = asyncio.run(_wait_and_summarise(runtime, len(events), sent))
         summary["elapsed_s"] = round(time.monotonic() - started, 1)
         with httpx.Client(base_url=runtime.api_url, timeout=5) as api:
+            summary["models"] = _wait_for_trainer(api, started_at)
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
             summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
-            summary["models"] = api.get("/v1/models").json()
             summary["searches"] = _searches(api)
             summary["suggestions"] = [
                 (prefix, region, api.get("/v1/suggest", params={"prefix": prefix, "region": region, "k": 3}).json())
@@ -86,6 +91,24 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
             log.info("still running: API %s (docs at /docs). Ctrl-C stops everything.", runtime.api_url)
             wait_for_interrupt(runtime)
     return 0
+
+
+def _wait_for_trainer(api: httpx.Client, since: float, quiet_s: float = 10.0, timeout_s: float = 120.0,
+                      ) -> dict[str, Any]:
+    """The model listing, once the trainer has published nothing new for ``quiet_s``; only
+    versions published since ``since`` (epoch s) are kept (the registry outlives a demo run)."""
+    deadline, last_change, seen = time.monotonic() + timeout_s, time.monotonic(), -1
+    while True:
+        listing = api.get("/v1/models").json()
+        count = len(listing.get("versions", []))
+        if count != seen:
+            seen, last_change = count, time.monotonic()
+        if time.monotonic() - last_change >= quiet_s or time.monotonic() > deadline:
+            break
+        log.info("the trainer is still publishing (%d versions); waiting for it to catch up", count)
+        time.sleep(2)
+    listing["versions"] = [v for v in listing.get("versions", []) if v.get("created", 0) >= since]
+    return listing
 
 
 def load_catalog(settings: Settings) -> None:
@@ -207,20 +230,25 @@ def render(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render_models(listing: dict[str, Any]) -> list[str]:
+def _render_models(listing: dict[str, Any], windows: int = 8) -> list[str]:
     versions = sorted(listing.get("versions", []), key=lambda v: v["version"])
     if not versions:
         return ["models: no version published yet (the trainer needs labelled examples)"]
-    lines = [f"models: {len(versions)} versions published, v{listing.get('serving')} serving. Live MRR: each "
-             "clickout ranked by the model of its time, before learning from it (running mean):"]
-    lists = mrr_sum = 0.0
-    step = max(1, len(versions) // 8)
-    for i, v in enumerate(versions):
-        figures = v.get("figures", {})
-        n = figures.get("prequential_lists", 0)
-        lists, mrr_sum = lists + n, mrr_sum + n * figures.get("prequential_mrr", 0.0)
-        if (i % step == 0 or i == len(versions) - 1) and lists:
-            lines.append(f"    after v{v['version']:<4} {int(lists):>6} clickouts  MRR {mrr_sum / lists:.3f}")
+    lines = [f"models: {len(versions)} versions published during the replay, v{listing.get('serving')} serving.",
+             "Live MRR: each clickout ranked by the model serving at its time, before learning from it,",
+             "beside the session rule (items the session touched first, most recent first) on the same clickouts:"]
+    figures = [(v["version"], v.get("figures", {})) for v in versions]
+    per_window = sum(f.get("prequential_lists", 0) for _, f in figures) / windows
+    window: list[tuple[int, dict[str, float]]] = []
+    for n, (version, f) in enumerate(figures):
+        window.append((version, f))
+        lists = sum(f.get("prequential_lists", 0) for _, f in window)
+        if lists and (lists >= per_window or n == len(figures) - 1):  # windows of about equal clickouts
+            model, rule = (sum(f.get("prequential_lists", 0) * f.get(key, 0.0) for _, f in window) / lists
+                           for key in ("prequential_mrr", "prequential_session_rule_mrr"))
+            lines.append(f"    v{window[0][0]}-v{window[-1][0]:<6} {int(lists):>6} clickouts  "
+                         f"model {model:.3f}  rule {rule:.3f}  lift {model - rule:+.3f}")
+            window = []
     return lines
 
 
