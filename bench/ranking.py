@@ -33,6 +33,7 @@ from models.metrics import reciprocal_rank
 from models.registry import Registry
 from models.trainer import Trainer
 from streams.datasets import trivago
+from streams.pipeline import SOURCE
 
 TRIVAGO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trivago" / "trivago_val_100k.parquet"
 METHODS = ("original order", "online popularity", "session touched first", "model frozen at v1", "model (online)")
@@ -76,7 +77,7 @@ class Replay:
         self.trainer = Trainer(self.registry)
         self.live = LiveModel(self.registry)
         self.builder = ExamplesBuilder(self.emit, wait_s=wait_s, batch_size=batch_size, state=self.state,
-                                       sources=("search", "click"))  # one in-order stream: no topic lags
+                                       sources=())  # one in-order stream (see run): its watermark is its clock
         self.frozen = None
         self.clicks: Counter[str] = Counter()
         self.ranks: dict[str, list[float]] = defaultdict(list)
@@ -126,7 +127,7 @@ class Replay:
                 self.score(group[0], clicked)
                 self.clicked_at[group[0]["search_id"]] = time.perf_counter()
                 self.clicks[clicked] += 1
-            await self.builder.process(group)
+            await self.builder.process([{**event, SOURCE: "replay"} for event in group])
         await self.builder.close()
 
 
