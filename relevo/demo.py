@@ -264,6 +264,8 @@ def _render_searches(searches: list[dict[str, Any]]) -> list[str]:
         for r in answer["results"]:
             why = ", ".join(f"{name} +{signal['contribution']:.2f}" for name, signal in r["explanation"].items()
                             if signal.get("contribution"))
+            if learned := r["explanation"].get("learned"):
+                why += f"; model v{learned['model_version']}, first stage #{learned['first_stage_position'] + 1}"
             lines.append(f"    {r['score']:.3f}  {r['title'][:70]}  [{why}]")
     return lines
 
