@@ -24,7 +24,7 @@ import copy
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,6 +55,7 @@ class UpdateReport:
     trained: int = 0
     train_seconds: float = 0.0
     holdout: dict[str, float] = field(default_factory=dict)
+    duplicates: int = 0  # examples of searches already learned from, skipped
 
     @property
     def examples_per_second(self) -> float:
@@ -68,6 +69,7 @@ class Trainer:
                  lr: float = 3e-3, id_lr_scale: float = 0.1, epochs: int = 2, minibatch: int = 32,
                  replay_size: int = 20_000, replay_ratio: float = 1.0, holdout_every: int = 10,
                  holdout_size: int = 500, gate_tolerance: float = 0.01, seed: int = 0,
+                 remember_searches: int = 200_000,
                  query_tower: LoraQueryTower | None = None,
                  item_vectors: Mapping[str, torch.Tensor] | None = None) -> None:
         self.registry = registry
@@ -90,6 +92,8 @@ class Trainer:
         self.query_tower = query_tower
         self.item_vectors: Mapping[str, torch.Tensor] = item_vectors if item_vectors is not None else {}
         self._incompatible: int | None = None  # a serving version this code cannot continue from
+        self._learned: OrderedDict[object, None] = OrderedDict()  # search ids already learned from
+        self._remember = remember_searches
         self.resume()
 
     def resume(self) -> None:
@@ -111,9 +115,17 @@ class Trainer:
             log.info("trainer resumes from model v%d", serving)
 
     def update(self, batch: Sequence[Example]) -> UpdateReport:
-        """One step of the loop; returns what was measured and published."""
+        """One step of the loop; returns what was measured and published.
+
+        An example whose search was already learned from is skipped: a worker that
+        restarts from its last committed offset emits the examples since then again.
+        """
         self.resume()
-        report = UpdateReport(len(batch), self.evaluate(self.model, batch))
+        unseen = self._unseen(batch)
+        duplicates, batch = len(batch) - len(unseen), unseen
+        if not batch:
+            return UpdateReport(0, {}, duplicates=duplicates)
+        report = UpdateReport(len(batch), self.evaluate(self.model, batch), duplicates=duplicates)
         # the baseline on the same lists: "items the session touched first, most recent first"
         rule = evaluate([[row[RULE] for row in e["features"]] for e in batch], [e["labels"] for e in batch])
         report.prequential["session_rule_mrr"] = rule["mrr"]
@@ -148,6 +160,18 @@ class Trainer:
         self.model, self.version = candidate, report.published.version
         self._optimiser_state = optimiser_state
         return report
+
+    def _unseen(self, batch: Sequence[Example]) -> list[Example]:
+        fresh = []
+        for example in batch:
+            key = example.get("search_id") or id(example)
+            if key in self._learned:
+                continue
+            self._learned[key] = None
+            fresh.append(example)
+        while len(self._learned) > self._remember:
+            self._learned.popitem(last=False)
+        return fresh
 
     def _fit(self, model: Ranker, examples: list[Example]) -> tuple[int, dict[str, Any] | None]:
         """A few epochs of listwise training; returns the lists seen and the optimiser state."""

@@ -76,8 +76,8 @@ async def run_trainer(settings: Settings, registry: Registry, trainer: Trainer,
             if prepare is not None:  # encode new catalog items outside the update
                 await asyncio.to_thread(prepare, [i for e in examples for i in e["items"]])
             report = await asyncio.to_thread(trainer.update, examples)
-            log.info("update on %d examples: prequential %s, published %s, refused %s",
-                     report.examples, report.prequential,
+            log.info("update on %d examples (%d already learned, skipped): prequential %s, published %s, refused %s",
+                     report.examples, report.duplicates, report.prequential,
                      report.published.version if report.published else None, report.refused)
             if report.published:
                 await producer.send_and_wait(settings.topic(MODEL_UPDATES), orjson.dumps(announcement(report)))

@@ -137,6 +137,15 @@ async def test_redelivered_events_are_applied_once() -> None:
     assert once == twice
 
 
+async def test_the_trainer_learns_from_each_search_once(tmp_path: Path) -> None:
+    first, second = (await build_examples(planted_stream(100)))[:2]
+    trainer = Trainer(Registry(tmp_path), SMALL, device="cpu")
+    assert trainer.update(first).examples == len(first)
+    again = trainer.update(first + second)  # a restarted worker re-emits what it sent since its last commit
+    assert (again.examples, again.duplicates) == (len(second), len(first))
+    assert trainer.update(first).published is None
+
+
 def test_published_version_round_trips_bit_exactly(tmp_path: Path) -> None:
     model = Ranker(SMALL)
     registry = Registry(tmp_path)
