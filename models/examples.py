@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 Example = dict[str, Any]
 _ORDER = {"search": 0, "click": 1, "purchase": 2}  # at equal times a search precedes what follows it
 Emit = Callable[[list[Example]], Awaitable[None]]
+WarmUp = Callable[[ContextState], Awaitable[object]]
 
 
 @dataclass
@@ -70,7 +71,7 @@ class ExamplesBuilder:
     def __init__(self, emit: Emit, *, wait_s: float = 10.0, join_window_s: float = 1800.0,
                  batch_size: int = 256, batch_age_s: float = 5.0, state: ContextState | None = None,
                  remember_events: int = 200_000, idle_s: float = 5.0,
-                 sources: Sequence[str] = EVENT_TYPES) -> None:
+                 sources: Sequence[str] = EVENT_TYPES, warm_up: WarmUp | None = None) -> None:
         self.emit = emit
         self.wait_ms = int(wait_s * 1000)
         self.join_window_ms = int(join_window_s * 1000)
@@ -78,6 +79,7 @@ class ExamplesBuilder:
         self.batch_age_s = batch_age_s
         self.state = state or ContextState()
         self.idle_s = idle_s
+        self._warm_up = warm_up  # run once, before the first batch: restores context after a restart
         # event type -> (latest event time, wall time last seen); every source counts from the start,
         # so a topic read late at start-up cannot have its searches closed before its clicks arrive
         self._sources: dict[str, tuple[int, float]] = dict.fromkeys(sources, (0, time.monotonic()))
@@ -97,6 +99,12 @@ class ExamplesBuilder:
         click read before its search (the click topic ahead) neither misses its search nor
         leaks into the search's features. Redelivered event ids are ignored.
         """
+        if self._warm_up is not None:
+            warm_up, self._warm_up = self._warm_up, None
+            try:
+                await warm_up(self.state)
+            except Exception:  # context is an optimisation: a failed warm-up must not stop the worker
+                log.exception("could not warm the ranking context; sessions start empty")
         for event in events:
             if event["event_id"] in self._seen:
                 continue

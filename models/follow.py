@@ -1,4 +1,4 @@
-"""Serving-side followers: keep one replica's model and ranking context current from Kafka.
+"""Followers: keep one replica's model and ranking context current from Kafka.
 
 Neither uses a consumer group: every serving replica needs every message.
 ``follow_updates`` reloads the ``LiveModel`` when ``model.updates`` announces a
@@ -6,12 +6,14 @@ version (``LiveModel.watch`` polls the registry instead, where Kafka is not
 reachable). ``follow_events`` feeds the event topics into a ``ContextState``,
 so serving computes a search's features exactly as the examples builder did.
 ``follow_catalog`` upserts ``catalog.items`` into the replica's search index.
+``replay_committed_history`` gives a restarted worker's examples builder its context back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -22,7 +24,7 @@ from models.catalog_cli import CatalogConsumer
 from models.context import ContextState
 from models.live import LiveModel
 from relevo.settings import Settings
-from streams.events import EVENT_TYPES, decode_record
+from streams.events import EVENT_TYPES, Event, decode_record
 from streams.topics import CATALOG, MODEL_UPDATES, event_topic
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,44 @@ async def follow_events(state: ContextState, settings: Settings, stop: asyncio.E
                 state.observe(event)
     finally:
         await consumer.stop()
+
+
+async def replay_committed_history(state: ContextState, settings: Settings, since_ms: int,
+                                   max_events: int = 500_000) -> int:
+    """Observe into ``state`` the events the worker group already committed, produced since ``since_ms``.
+
+    A restarted worker resumes after its group's last commit; without this its examples
+    builder would compute the next searches' features as if their sessions had just begun.
+    Reads up to the committed offsets exactly (what comes after is about to be redelivered);
+    keeps the newest ``max_events``. Returns how many events were observed.
+    """
+    types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.app_id,
+                                enable_auto_commit=False)  # never subscribes: reads the group's offsets only
+    await consumer.start()
+    try:
+        await _assign_since(consumer, list(types), since_ms)
+        until = {tp: await consumer.committed(tp) or 0 for tp in consumer.assignment()}
+        events: deque[Event] = deque(maxlen=max_events)
+        for tp, end in until.items():
+            if await consumer.position(tp) >= end:
+                consumer.pause(tp)
+        while active := [tp for tp in until if tp not in consumer.paused()]:
+            polled = await consumer.getmany(*active, timeout_ms=1000)
+            for tp, records in polled.items():
+                for record in records:
+                    if record.offset < until[tp] and record.timestamp >= since_ms:
+                        events.extend(decode_record(record.value, types[tp.topic])[0])
+                if records and records[-1].offset + 1 >= until[tp]:
+                    consumer.pause(tp)
+            if not polled:  # the committed offset lies past what the broker returns: stop waiting
+                break
+    finally:
+        await consumer.stop()
+    for event in sorted(events, key=lambda e: e["ts"]):
+        state.observe(event)
+    log.info("ranking context warmed with %d committed events since %d", len(events), since_ms)
+    return len(events)
 
 
 async def _assign_since(consumer: AIOKafkaConsumer, topics: list[str], since_ms: int | None) -> None:

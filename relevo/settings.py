@@ -62,7 +62,7 @@ class Settings:
     rerank_depth: int = _env_field("RELEVO_RERANK_DEPTH", 50,
                                    "search results the learned model re-orders (0: first ranker only)")
     context_warmup_s: int = _env_field("RELEVO_CONTEXT_WARMUP_S", 3600,
-                                       "event history a serving replica replays at start for ranking context")
+                                       "event history replayed at start into ranking context (API replicas, worker)")
     query_tower: str = _env_field("RELEVO_QUERY_TOWER", "auto",
                                   "LoRA on the E5 query tower in the trainer: auto (on a GPU), e5, off")
     cache_dir: Path = _env_field("RELEVO_CACHE_DIR", Path("~/.cache/relevo"),

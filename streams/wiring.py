@@ -6,6 +6,7 @@ this is the one place that knows their constructors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -43,13 +44,19 @@ def _suggestions(settings: Settings, redis: aioredis.Redis, keys: Keys, send: di
 def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
     import orjson
 
+    from models.context import ContextState
     from models.examples import ExamplesBuilder
+    from models.follow import replay_committed_history
 
     async def emit(batch: list[dict]) -> None:
         # A labelled list carries a feature row per item: keep records well under Kafka's 1 MiB.
         for start in range(0, len(batch), EXAMPLES_PER_RECORD):
             await send["train.batches"](orjson.dumps(batch[start:start + EXAMPLES_PER_RECORD]))
-    return ExamplesBuilder(emit)
+    async def warm_up(state: ContextState) -> None:
+        since_ms = int((time.time() - settings.context_warmup_s) * 1000)
+        await replay_committed_history(state, settings, since_ms)
+
+    return ExamplesBuilder(emit, warm_up=warm_up)
 
 
 BUILDERS: dict[str, Callable[[Settings, aioredis.Redis, Keys, dict[str, Send]], BatchProcessor]] = {

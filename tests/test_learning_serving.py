@@ -8,12 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from models.context import ContextState
-from models.follow import follow_events, follow_updates
+from models.follow import follow_events, follow_updates, replay_committed_history
 from models.live import LiveModel
 from models.ranker import Ranker, RankerConfig
 from models.registry import Registry
@@ -115,3 +115,33 @@ async def test_serving_replays_recent_events_and_follows_model_updates(kafka_boo
         stop.set()
         await asyncio.wait_for(asyncio.gather(*followers), timeout=10)
         await producer.stop()
+
+
+async def test_a_restarted_worker_gets_its_committed_history_back_as_context(kafka_bootstrap: str,
+                                                                            tmp_path: Path) -> None:
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"h{tmp_path.name[-8:]}.",
+                        partitions=1, app_id=f"history-{tmp_path.name[-8:]}")
+    await ensure_topics(settings)
+    topic = settings.topic("events.click")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    click = {"type": "click", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s", "region": "FR",
+             "kind": "view"}
+    try:
+        sent = [await producer.send_and_wait(topic, orjson.dumps({**click, "event_id": f"c{n}", "item_id": item,
+                                                                   "ts": click["ts"] + n}))
+                for n, item in enumerate(["a", "b", "c"])]
+    finally:
+        await producer.stop()
+    # The worker group committed up to "c": "c" itself will be redelivered, so it is not history.
+    committer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=settings.app_id,
+                                 enable_auto_commit=False)
+    await committer.start()
+    try:
+        committer.assign([TopicPartition(topic, sent[2].partition)])
+        await committer.commit({TopicPartition(topic, sent[2].partition): sent[2].offset})
+    finally:
+        await committer.stop()
+    state = ContextState()
+    observed = await replay_committed_history(state, settings, since_ms=sent[0].timestamp)
+    assert observed == 2 and state.session_items("s") == ["b", "a"]
