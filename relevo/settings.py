@@ -59,6 +59,11 @@ class Settings:
     suggest_min_support: float = _env_field("RELEVO_SUGGEST_MIN_SUPPORT", 1.5,
                                             "decayed distinct sessions before a query is suggested")
     registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
+    examples_wait_s: float = _env_field("RELEVO_EXAMPLES_WAIT_S", 10.0,
+                                        "event time a search waits for its clicks, carts and purchases")
+    examples_batch_size: int = _env_field("RELEVO_EXAMPLES_BATCH_SIZE", 256, "labelled lists per training batch")
+    examples_batch_age_s: float = _env_field("RELEVO_EXAMPLES_BATCH_AGE_S", 5.0,
+                                             "longest a training batch waits to fill")
     rerank_depth: int = _env_field("RELEVO_RERANK_DEPTH", 50,
                                    "search results the learned model re-orders (0: first ranker only)")
     context_warmup_s: int = _env_field("RELEVO_CONTEXT_WARMUP_S", 3600,

@@ -56,7 +56,8 @@ def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[
         since_ms = int((time.time() - settings.context_warmup_s) * 1000)
         await replay_committed_history(state, settings, since_ms)
 
-    return ExamplesBuilder(emit, warm_up=warm_up)
+    return ExamplesBuilder(emit, wait_s=settings.examples_wait_s, batch_size=settings.examples_batch_size,
+                           batch_age_s=settings.examples_batch_age_s, warm_up=warm_up)
 
 
 BUILDERS: dict[str, Callable[[Settings, aioredis.Redis, Keys, dict[str, Send]], BatchProcessor]] = {
