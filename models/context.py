@@ -83,8 +83,11 @@ class DecayedCounts:
             self._values = dict(keep[: self.max_items // 2])
 
     def get(self, key: str, ts: int) -> float:
-        value, at = self._values.get(key, (0.0, ts))
-        return value * 0.5 ** (max(0, ts - at) / self.half_life_ms)
+        entry = self._values.get(key)
+        if entry is None:
+            return 0.0
+        value, at = entry
+        return value if ts <= at else value * 0.5 ** ((ts - at) / self.half_life_ms)
 
 
 class _Lru(OrderedDict):
@@ -105,9 +108,11 @@ class _Lru(OrderedDict):
 
 def _rank_fraction(values: Sequence[float]) -> list[float]:
     """Each value's ascending rank scaled to 0..1 (ties share the lower rank)."""
-    order = sorted(values)
+    first: dict[float, int] = {}
+    for rank, value in enumerate(sorted(values)):
+        first.setdefault(value, rank)
     top = max(len(values) - 1, 1)
-    return [order.index(v) / top for v in values]
+    return [first[v] / top for v in values]
 
 
 class ContextState:
@@ -198,6 +203,7 @@ class ContextState:
         region = self.regions.get(search["region"])
         region_pop = [region.get(i, ts) if region else 0.0 for i in items]
         region_rank = _rank_fraction([-p for p in region_pop])
+        impressions = [self.impressions.get(item, ts) for item in items]
         user = self.users.get(search["user_id"], {})
         last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
         by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
@@ -224,8 +230,8 @@ class ContextState:
                 math.log1p(session.shown[item]),
                 math.log1p(touch.clicks) if touch else 0.0,
                 float(item == session.last_click),
-                (self.clicks.get(item, ts) + 0.1) / (self.impressions.get(item, ts) + 1.0),
-                math.log1p(self.impressions.get(item, ts)),
+                (self.clicks.get(item, ts) + 0.1) / (impressions[p] + 1.0),
+                math.log1p(impressions[p]),
                 0.0 if last_pos is None else last_pos / max(n, 1),
                 math.log1p(max(0, ts - touch.last_ts) / 1000) / 10 if touch else 0.0,
                 1.0 / (1 + rule_rank[p]),
