@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 Example = dict[str, Any]
 _ORDER = {"search": 0, "click": 1, "purchase": 2}  # at equal times a search precedes what follows it
 Emit = Callable[[list[Example]], Awaitable[None]]
-WarmUp = Callable[[ContextState], Awaitable[object]]
+History = Callable[[], Awaitable[list[Event]]]
 
 
 @dataclass
@@ -71,7 +71,7 @@ class ExamplesBuilder:
     def __init__(self, emit: Emit, *, wait_s: float = 10.0, join_window_s: float = 1800.0,
                  batch_size: int = 256, batch_age_s: float = 5.0, state: ContextState | None = None,
                  remember_events: int = 200_000, idle_s: float = 5.0,
-                 sources: Sequence[str] = EVENT_TYPES, warm_up: WarmUp | None = None) -> None:
+                 sources: Sequence[str] = EVENT_TYPES, history: History | None = None) -> None:
         self.emit = emit
         self.wait_ms = int(wait_s * 1000)
         self.join_window_ms = int(join_window_s * 1000)
@@ -79,7 +79,7 @@ class ExamplesBuilder:
         self.batch_age_s = batch_age_s
         self.state = state or ContextState()
         self.idle_s = idle_s
-        self._warm_up = warm_up  # run once, before the first batch: restores context after a restart
+        self._history = history  # read once, before the first batch: what a restarted worker had
         # event type -> (latest event time, wall time last seen); every source counts from the start,
         # so a topic read late at start-up cannot have its searches closed before its clicks arrive
         self._sources: dict[str, tuple[int, float]] = dict.fromkeys(sources, (0, time.monotonic()))
@@ -99,12 +99,9 @@ class ExamplesBuilder:
         click read before its search (the click topic ahead) neither misses its search nor
         leaks into the search's features. Redelivered event ids are ignored.
         """
-        if self._warm_up is not None:
-            warm_up, self._warm_up = self._warm_up, None
-            try:
-                await warm_up(self.state)
-            except Exception:  # context is an optimisation: a failed warm-up must not stop the worker
-                log.exception("could not warm the ranking context; sessions start empty")
+        if self._history is not None:
+            history, self._history = self._history, None
+            await self._restore(history)
         for event in events:
             if event["event_id"] in self._seen:
                 continue
@@ -119,6 +116,24 @@ class ExamplesBuilder:
         self._apply_until(watermark)
         self._finalise(watermark - self.wait_ms)
         await self._flush(force=False)
+
+    async def _restore(self, history: History) -> None:
+        """Rebuild what a worker that stopped had: context from its committed events, and the
+        searches that may still have been waiting for outcomes (re-opened from the last
+        ``wait_s`` plus a minute of them; an example already sent is skipped by the trainer)."""
+        try:
+            events = sorted(await history(), key=lambda e: (e["ts"], _ORDER.get(e["type"], 9)))
+        except Exception:  # context is an optimisation: a failed restore must not stop the worker
+            log.exception("could not read the committed history; sessions start empty")
+            return
+        if not events:
+            return
+        cutoff = events[-1]["ts"] - self.wait_ms - 60_000
+        reopen = [e for e in events if e["ts"] >= cutoff]
+        for event in events[: len(events) - len(reopen)]:
+            self.state.observe(event)
+        await self.process(reopen)
+        log.info("restored context from %d committed events, %d of them re-applied", len(events), len(reopen))
 
     def _apply_until(self, watermark: int | None) -> None:
         while self._waiting and (watermark is None or self._waiting[0][0] <= watermark):

@@ -6,7 +6,7 @@ version (``LiveModel.watch`` polls the registry instead, where Kafka is not
 reachable). ``follow_events`` feeds the event topics into a ``ContextState``,
 so serving computes a search's features exactly as the examples builder did.
 ``follow_catalog`` upserts ``catalog.items`` into the replica's search index.
-``replay_committed_history`` gives a restarted worker's examples builder its context back.
+``committed_history`` gives a restarted worker's examples builder what it had.
 """
 
 from __future__ import annotations
@@ -70,14 +70,13 @@ async def follow_events(state: ContextState, settings: Settings, stop: asyncio.E
         await consumer.stop()
 
 
-async def replay_committed_history(state: ContextState, settings: Settings, since_ms: int,
-                                   max_events: int = 500_000) -> int:
-    """Observe into ``state`` the events the worker group already committed, produced since ``since_ms``.
+async def committed_history(settings: Settings, since_ms: int, max_events: int = 500_000) -> list[Event]:
+    """The valid events the worker group already committed, produced since ``since_ms``.
 
-    A restarted worker resumes after its group's last commit; without this its examples
+    A restarted worker resumes after its group's last commit; without these its examples
     builder would compute the next searches' features as if their sessions had just begun.
     Reads up to the committed offsets exactly (what comes after is about to be redelivered);
-    keeps the newest ``max_events``. Returns how many events were observed.
+    keeps the newest ``max_events``.
     """
     types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.app_id,
@@ -102,10 +101,7 @@ async def replay_committed_history(state: ContextState, settings: Settings, sinc
                 break
     finally:
         await consumer.stop()
-    for event in sorted(events, key=lambda e: e["ts"]):
-        state.observe(event)
-    log.info("ranking context warmed with %d committed events since %d", len(events), since_ms)
-    return len(events)
+    return list(events)
 
 
 async def _assign_since(consumer: AIOKafkaConsumer, topics: list[str], since_ms: int | None) -> None:

@@ -44,20 +44,18 @@ def _suggestions(settings: Settings, redis: aioredis.Redis, keys: Keys, send: di
 def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
     import orjson
 
-    from models.context import ContextState
     from models.examples import ExamplesBuilder
-    from models.follow import replay_committed_history
+    from models.follow import committed_history
 
     async def emit(batch: list[dict]) -> None:
         # A labelled list carries a feature row per item: keep records well under Kafka's 1 MiB.
         for start in range(0, len(batch), EXAMPLES_PER_RECORD):
             await send["train.batches"](orjson.dumps(batch[start:start + EXAMPLES_PER_RECORD]))
-    async def warm_up(state: ContextState) -> None:
-        since_ms = int((time.time() - settings.context_warmup_s) * 1000)
-        await replay_committed_history(state, settings, since_ms)
+    async def history() -> list[dict]:
+        return await committed_history(settings, int((time.time() - settings.context_warmup_s) * 1000))
 
     return ExamplesBuilder(emit, wait_s=settings.examples_wait_s, batch_size=settings.examples_batch_size,
-                           batch_age_s=settings.examples_batch_age_s, warm_up=warm_up)
+                           batch_age_s=settings.examples_batch_age_s, history=history)
 
 
 BUILDERS: dict[str, Callable[[Settings, aioredis.Redis, Keys, dict[str, Send]], BatchProcessor]] = {

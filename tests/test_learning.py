@@ -130,6 +130,29 @@ async def test_a_silent_source_stops_holding_the_watermark_back() -> None:
     assert [e["search_id"] for e in emitted] == ["q0", "q1", "q2"]
 
 
+async def test_a_restarted_builder_restores_context_and_reopens_searches_still_waiting() -> None:
+    emitted: list[dict[str, Any]] = []
+
+    async def emit(batch: list[dict[str, Any]]) -> None:
+        emitted.extend(batch)
+
+    base = {"user_id": "u", "session_id": "s", "region": "FR"}
+    old_click = {**base, "type": "click", "event_id": "c0", "ts": T0, "item_id": "a", "kind": "view"}
+    pending = {**base, "type": "search", "event_id": "q1", "search_id": "q1", "ts": T0 + 600_000,
+               "results": ["b", "a", "c"]}
+
+    async def history() -> list[dict[str, Any]]:  # committed before the crash: q1's click was not
+        return [old_click, pending]
+
+    builder = ExamplesBuilder(emit, wait_s=10, batch_size=1, sources=("search", "click"), history=history)
+    await builder.process([{**base, "type": "click", "event_id": "c1", "ts": T0 + 601_000, "item_id": "c",
+                            "search_id": "q1"}])
+    await builder.close()
+    assert [e["search_id"] for e in emitted] == ["q1"]  # the old click alone makes no example
+    assert emitted[0]["labels"] == [0, 0, 2]
+    assert emitted[0]["features"][1][FEATURES.index("touched")] == 1  # context from before the restart
+
+
 async def test_redelivered_events_are_applied_once() -> None:
     events = planted_stream(20)
     once = await build_examples(events)
