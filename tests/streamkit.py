@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -101,9 +102,10 @@ def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, obj
 
 @contextmanager
 def running(tmp: Path, kafka: str, redis_url: str, app_id: str, prefix: str,
-            workers: int = 1) -> Iterator[Runtime]:
+            workers: int = 1, **settings_: Any) -> Iterator[Runtime]:
     """A worker (no API) on the test's servers, with its own consumer group and key prefix."""
     settings = Settings(kafka_bootstrap_servers=kafka, redis_url=redis_url, data_dir=tmp, app_id=app_id,
-                        key_prefix=prefix, topic_prefix=f"{app_id}.", partitions=2, session_timeout_s=6.0)
+                        key_prefix=prefix, topic_prefix=f"{app_id}.", partitions=2, session_timeout_s=6.0,
+                        **settings_)
     with Runtime(settings, workers=workers, api=False) as runtime:
         yield runtime

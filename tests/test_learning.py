@@ -26,7 +26,7 @@ def one_thread() -> None:
     torch.set_num_threads(1)  # tiny models: more threads only contend on a busy 2-core box
 
 
-def planted_stream(searches: int, seed: int = 0) -> list[dict[str, Any]]:
+def planted_stream(searches: int, seed: int = 0, t0: int = T0, prefix: str = "") -> list[dict[str, Any]]:
     """Searches over 10 of 200 items; users click the one item (of each list) from a hidden liked set."""
     rng = random.Random(seed)
     catalog = [f"i{n}" for n in range(200)]
@@ -35,10 +35,12 @@ def planted_stream(searches: int, seed: int = 0) -> list[dict[str, Any]]:
     for n in range(searches):
         shown = rng.sample(catalog[20:], 9) + [rng.choice(catalog[:20])]
         rng.shuffle(shown)
-        base = {"ts": T0 + n * 1000, "user_id": f"u{n % 50}", "session_id": f"s{n}", "region": "FR"}
-        events.append({**base, "type": "search", "event_id": f"q{n}", "search_id": f"q{n}", "results": shown})
+        base = {"ts": t0 + n * 1000, "user_id": f"u{n % 50}", "session_id": f"{prefix}s{n}", "region": "FR"}
+        search_id = f"{prefix}q{n}"
+        events.append({**base, "type": "search", "event_id": search_id, "search_id": search_id, "results": shown})
         clicked = next(i for i in shown if i in liked)
-        events.append({**base, "type": "click", "event_id": f"c{n}", "item_id": clicked, "search_id": f"q{n}"})
+        events.append({**base, "type": "click", "event_id": f"{prefix}c{n}", "item_id": clicked,
+                       "search_id": search_id})
     return events
 
 

@@ -23,6 +23,7 @@ from tests.streamkit import (
     synthetic_events,
     wait_applied,
 )
+from tests.test_learning import planted_stream
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +147,54 @@ async def _read_dlq(bootstrap: str, topic: str, expected: int) -> list[tuple[byt
     finally:
         await consumer.stop()
     return out
+
+
+def test_sigkill_mid_stream_loses_no_labelled_example(tmp_path, kafka_bootstrap, redis_url) -> None:
+    searches = 1500
+    events = planted_stream(searches)
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-ex", "x", processors="examples",
+                 examples_wait_s=0.0, examples_batch_age_s=0.5) as rt:
+        rt.wait_workers_ready()
+        settings, client = rt.settings, rt.redis()
+        send(settings, events, per_record=1)  # one event per record, so the worker is mid-stream when it dies
+        deadline = time.monotonic() + 60
+        while consumed(client, "x:stats") < 600 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(rt.workers[0].pid, signal.SIGKILL)
+        rt.workers[0].wait()
+        assert consumed(client, "x:stats") < len(events), "the kill must land mid-stream"
+        restarted = time.time() * 1000
+        rt.start_worker()
+        rt.wait_workers_ready(since_ms=int(restarted), timeout=90)
+        # Later events move every partition's watermark past the stream (quiet ones go idle after 5 s).
+        late = planted_stream(20, seed=1, t0=events[-1]["ts"] + 3_600_000, prefix="late")
+        send(settings, late[:20])
+        time.sleep(6)
+        send(settings, late[20:])
+        labelled = asyncio.run(read_examples(settings, {e["search_id"] for e in events if e["type"] == "search"}))
+    clicked = {e["search_id"]: e["item_id"] for e in events if e["type"] == "click"}
+    assert len(labelled) == searches, f"{searches - len(labelled)} searches never became examples"
+    for search_id, example in labelled.items():
+        assert example["labels"][example["items"].index(clicked[search_id])] == 2, search_id
+
+
+def consumed(client: redis.Redis, stats_key: str) -> int:
+    return sum(int(v) for k, v in client.hgetall(stats_key).items() if k.startswith(b"events:"))
+
+
+async def read_examples(settings, wanted: set[str], timeout_s: float = 90.0) -> dict[str, dict]:
+    """Examples on train.batches by search id (the first of any re-sent copies), until all ``wanted`` are in."""
+    consumer = AIOKafkaConsumer(settings.topic("train.batches"), bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest")
+    found: dict[str, dict] = {}
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= found.keys() and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    for example in orjson.loads(record.value):
+                        found.setdefault(example["search_id"], example)
+    finally:
+        await consumer.stop()
+    return {k: v for k, v in found.items() if k in wanted}
