@@ -70,7 +70,12 @@ def main() -> None:
         client = redis.Redis.from_url(rt.settings.redis_url)
         while int(client.hget("rv:stats", "events_applied") or 0) < len(events) - 10:
             time.sleep(0.5)
-        log.info("features loaded; measuring")
+        with httpx.Client(base_url=rt.api_url) as http:  # the API loads its search catalog in the background:
+            deadline = time.monotonic() + 180            # measure once that work is done, not beside it
+            while http.get("/v1/search", params={"q": "x"}).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(1)
+        time.sleep(5)  # the worker's last commits and the API's event follower settle
+        log.info("features loaded, API idle; measuring")
 
         async def in_process() -> list[float]:
             r = aioredis.Redis.from_url(rt.settings.redis_url)
