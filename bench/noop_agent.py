@@ -20,7 +20,7 @@ def main(bootstrap: str, topic: str, n: int, out: Path) -> None:
     _fetch_max_wait(Settings().fetch_max_wait_ms)  # the same consumer settings as our worker
     app = faust.App(f"noop-{topic}", broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
                     consumer_auto_offset_reset="earliest", broker_session_timeout=6,
-                    broker_heartbeat_interval=2)
+                    broker_heartbeat_interval=2, datadir=str(out.parent / f"faust-noop-{topic}"))
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source)

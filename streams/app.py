@@ -51,10 +51,13 @@ def _fetch_max_wait(ms: int) -> None:
 
 def create_app(settings: Settings) -> faust.App:
     _fetch_max_wait(settings.fetch_max_wait_ms)
+    faust_dir = settings.data_dir / "faust" / settings.app_id
+    faust_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
+        datadir=str(faust_dir),  # not "<app id>-data" in the working directory
         web_enabled=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
