@@ -5,7 +5,7 @@ time; the worker's examples processor builds labelled lists behind its
 watermark, the trainer worker scores each batch with the serving version before
 learning from it and records, on the same lists, the session rule's MRR (the
 "items the session touched first" baseline). This bench sums those prequential
-figures over every version the run published, in windows of about equal
+figures (``models.live_mrr``) over every version the run published, in windows of about equal
 clickouts, so the table shows the live MRR as the model learns. Per-country
 figures and the other baselines are in ``bench.ranking`` (in process, same
 classes, same ordering).
@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from bench.report import record, table
-from models.registry import ModelVersion, Registry
+from models.live_mrr import wait_until_quiet, windows
+from models.registry import Registry
 from relevo.runtime import Runtime
 from relevo.settings import Settings
 from streams.datasets import trivago
@@ -39,34 +40,6 @@ async def send(settings: Settings, events: list[dict], speed: float) -> None:
     async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(event_topic(t)),
                              settings.partitions) as producer:
         await replay(events, producer, speed=speed)
-
-
-def wait_until_quiet(registry: Registry, quiet_s: float, timeout_s: float) -> list[ModelVersion]:
-    """Every version, once none has been published for ``quiet_s`` (the trainer has caught up)."""
-    deadline, seen, changed = time.monotonic() + timeout_s, -1, time.monotonic()
-    while time.monotonic() < deadline:
-        count = len(registry.versions())
-        if count != seen:
-            seen, changed = count, time.monotonic()
-        elif time.monotonic() - changed >= quiet_s:
-            break
-        time.sleep(1)
-    return registry.versions()
-
-
-def windows(versions: list[ModelVersion], count: int) -> list[list[object]]:
-    """Rows of (versions, clickouts, model MRR, rule MRR, lift), in windows of about equal clickouts."""
-    per_window = sum(v.figures.get("prequential_lists", 0) for v in versions) / count
-    rows, window = [], []
-    for n, version in enumerate(versions):
-        window.append(version)
-        lists = sum(v.figures.get("prequential_lists", 0) for v in window)
-        if lists and (lists >= per_window or n == len(versions) - 1):
-            model, rule = (sum(v.figures.get("prequential_lists", 0) * v.figures.get(key, 0.0) for v in window)
-                           / lists for key in ("prequential_mrr", "prequential_session_rule_mrr"))
-            rows.append([f"v{window[0].version}-v{window[-1].version}", int(lists), model, rule, model - rule])
-            window = []
-    return rows
 
 
 def main() -> None:
@@ -86,10 +59,9 @@ def main() -> None:
             replayed_s = time.monotonic() - started
             versions = wait_until_quiet(Registry(settings.registry_dir), quiet_s=15, timeout_s=300)
             elapsed = time.monotonic() - started
-    rows = windows(versions, args.windows)
-    lists = sum(r[1] for r in rows)
-    overall = [sum(r[1] * r[i] for r in rows) / lists if lists else float("nan") for i in (2, 3)]
-    rows.append(["all", lists, overall[0], overall[1], overall[0] - overall[1]])
+    rows = [[f"v{w.first}-v{w.last}", w.clickouts, w.model_mrr, w.rule_mrr, w.lift]
+            for w in windows(versions, args.windows)]
+    rows += [["all", w.clickouts, w.model_mrr, w.rule_mrr, w.lift] for w in windows(versions, count=1)]
     refused = "versions only: refused updates publish nothing and are not counted"
     notes = (f"- {len(events):,} Trivago events replayed at {args.speed:g}x in {replayed_s:.0f} s; "
              f"{len(versions)} versions published; wall time {elapsed:.0f} s ({refused})\n"

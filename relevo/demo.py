@@ -72,8 +72,8 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
                  time.monotonic() - started)
         summary = asyncio.run(_wait_and_summarise(runtime, len(events), sent))
         summary["elapsed_s"] = round(time.monotonic() - started, 1)
+        summary["models"] = _models(runtime.settings, started_at)
         with httpx.Client(base_url=runtime.api_url, timeout=5) as api:
-            summary["models"] = _wait_for_trainer(api, started_at)
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
             summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
             summary["searches"] = _searches(api)
@@ -93,22 +93,16 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
     return 0
 
 
-def _wait_for_trainer(api: httpx.Client, since: float, quiet_s: float = 10.0, timeout_s: float = 120.0,
-                      ) -> dict[str, Any]:
-    """The model listing, once the trainer has published nothing new for ``quiet_s``; only
-    versions published since ``since`` (epoch s) are kept (the registry outlives a demo run)."""
-    deadline, last_change, seen = time.monotonic() + timeout_s, time.monotonic(), -1
-    while True:
-        listing = api.get("/v1/models").json()
-        count = len(listing.get("versions", []))
-        if count != seen:
-            seen, last_change = count, time.monotonic()
-        if time.monotonic() - last_change >= quiet_s or time.monotonic() > deadline:
-            break
-        log.info("the trainer is still publishing (%d versions); waiting for it to catch up", count)
-        time.sleep(2)
-    listing["versions"] = [v for v in listing.get("versions", []) if v.get("created", 0) >= since]
-    return listing
+def _models(settings: Settings, since: float) -> dict[str, Any]:
+    """Once the trainer has caught up: the serving version and this run's live MRR windows
+    (versions published since ``since``, epoch s: a configured registry outlives a demo run)."""
+    from models.live_mrr import wait_until_quiet, windows
+    from models.registry import Registry
+    from models.trainer_worker import registry_dir
+
+    registry = Registry(registry_dir(settings))
+    versions = [v for v in wait_until_quiet(registry) if v.created >= since]
+    return {"serving": registry.current(), "published": len(versions), "windows": windows(versions)}
 
 
 def load_catalog(settings: Settings) -> None:
@@ -230,26 +224,14 @@ def render(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render_models(listing: dict[str, Any], windows: int = 8) -> list[str]:
-    versions = sorted(listing.get("versions", []), key=lambda v: v["version"])
-    if not versions:
+def _render_models(models: dict[str, Any]) -> list[str]:
+    if not models["published"]:
         return ["models: no version published yet (the trainer needs labelled examples)"]
-    lines = [f"models: {len(versions)} versions published during the replay, v{listing.get('serving')} serving.",
-             "Live MRR: each clickout ranked by the model serving at its time, before learning from it,",
-             "beside the session rule (items the session touched first, most recent first) on the same clickouts:"]
-    figures = [(v["version"], v.get("figures", {})) for v in versions]
-    per_window = sum(f.get("prequential_lists", 0) for _, f in figures) / windows
-    window: list[tuple[int, dict[str, float]]] = []
-    for n, (version, f) in enumerate(figures):
-        window.append((version, f))
-        lists = sum(f.get("prequential_lists", 0) for _, f in window)
-        if lists and (lists >= per_window or n == len(figures) - 1):  # windows of about equal clickouts
-            model, rule = (sum(f.get("prequential_lists", 0) * f.get(key, 0.0) for _, f in window) / lists
-                           for key in ("prequential_mrr", "prequential_session_rule_mrr"))
-            lines.append(f"    v{window[0][0]}-v{window[-1][0]:<6} {int(lists):>6} clickouts  "
-                         f"model {model:.3f}  rule {rule:.3f}  lift {model - rule:+.3f}")
-            window = []
-    return lines
+    return [f"models: {models['published']} versions published during the replay, v{models['serving']} serving.",
+            "Live MRR: each clickout ranked by the model serving at its time, before learning from it,",
+            "beside the session rule (items the session touched first, most recent first) on the same clickouts:",
+            *(f"    v{w.first}-v{w.last:<6} {w.clickouts:>6} clickouts  model {w.model_mrr:.3f}  "
+              f"rule {w.rule_mrr:.3f}  lift {w.lift:+.3f}" for w in models["windows"])]
 
 
 def _render_searches(searches: list[dict[str, Any]]) -> list[str]:
