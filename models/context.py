@@ -172,14 +172,18 @@ class ContextState:
         touches = self.sessions[session_id].touches if session_id in self.sessions else {}
         return sorted(touches, key=lambda i: touches[i].last_ts, reverse=True)
 
-    def _price_features(self, items: list[str], prices: list[float] | None) -> tuple[list[float], list[float]]:
-        """Price rank in the list and log price against the list median, from the search's own
-        ``prices`` when it carries them, else from prices seen on earlier events (unknown: neutral)."""
-        if not prices or len(prices) != len(items):
-            prices = [self.prices.get(item, 0.0) for item in items]
+    def _prices(self, items: list[str], shown: list[float] | None) -> list[float]:
+        """The search's own ``prices`` when it carries them, else the last price seen per item (0: unknown)."""
+        if shown and len(shown) == len(items):
+            return shown
+        return [self.prices.get(item, 0.0) for item in items]
+
+    @staticmethod
+    def _price_features(prices: list[float]) -> tuple[list[float], list[float]]:
+        """Price rank in the list and log price against the list median (unknown prices: neutral)."""
         known = [p for p in prices if p > 0]
         if not known:
-            return [0.5] * len(items), [0.0] * len(items)
+            return [0.5] * len(prices), [0.0] * len(prices)
         median = sorted(known)[len(known) // 2]
         rank = _rank_fraction([p if p > 0 else median for p in prices])
         gap = [max(-2.0, min(2.0, math.log(p / median))) if p > 0 else 0.0 for p in prices]
@@ -194,8 +198,8 @@ class ContextState:
         recency = {item: rank for rank, item in enumerate(self.session_items(search["session_id"]))}
         touched_here = [p for p, item in enumerate(items) if item in touches]
         last_pos = min(touched_here, key=lambda p: recency[items[p]]) if touched_here else None
-        prices = search.get("prices") or [self.prices.get(item, 0.0) for item in items]
-        price_rank, price_gap = self._price_features(items, prices)
+        prices = self._prices(items, search.get("prices"))
+        price_rank, price_gap = self._price_features(prices)
         session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
         idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
         context = [idle, math.log1p(session.searches), float(search.get("device") == "mobile"),
