@@ -92,7 +92,7 @@ class Trainer:
         self.query_tower = query_tower
         self.item_vectors: Mapping[str, torch.Tensor] = item_vectors if item_vectors is not None else {}
         self._incompatible: int | None = None  # a serving version this code cannot continue from
-        self._learned: OrderedDict[object, None] = OrderedDict()  # search ids already learned from
+        self._learned: OrderedDict[str, None] = OrderedDict()  # search ids already learned from
         self._remember = remember_searches
         self.resume()
 
@@ -164,10 +164,9 @@ class Trainer:
     def _unseen(self, batch: Sequence[Example]) -> list[Example]:
         fresh = []
         for example in batch:
-            key = example.get("search_id") or id(example)
-            if key in self._learned:
+            if example["search_id"] in self._learned:
                 continue
-            self._learned[key] = None
+            self._learned[example["search_id"]] = None
             fresh.append(example)
         while len(self._learned) > self._remember:
             self._learned.popitem(last=False)
