@@ -24,8 +24,8 @@ from models.catalog_cli import CatalogConsumer
 from models.context import ContextState
 from models.live import LiveModel
 from relevo.settings import Settings
-from streams.events import EVENT_TYPES, Event, decode_record
-from streams.topics import CATALOG, MODEL_UPDATES, event_topic
+from streams.events import Event, decode_record
+from streams.topics import CATALOG, MODEL_UPDATES, event_topics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ async def follow_events(state: ContextState, settings: Settings, stop: asyncio.E
     end of the topics. A restarted replica replays recent history so sessions keep their context.
     """
     stop = stop or asyncio.Event()
-    types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+    types = event_topics(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -78,7 +78,7 @@ async def committed_history(settings: Settings, since_ms: int, max_events: int =
     Reads up to the committed offsets exactly (what comes after is about to be redelivered);
     keeps the newest ``max_events``.
     """
-    types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+    types = event_topics(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.app_id,
                                 enable_auto_commit=False)  # never subscribes: reads the group's offsets only
     await consumer.start()

@@ -21,9 +21,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from features.keys import Keys
 from relevo.settings import Settings
 from relevo.stats import WorkerStats
-from streams.events import EVENT_TYPES
 from streams.pipeline import EventPipeline, Record
-from streams.topics import DLQ, DRIFT_ALERTS, TRAIN_BATCHES, event_topic
+from streams.topics import DLQ, DRIFT_ALERTS, TRAIN_BATCHES, event_topics
 from streams.wiring import build_processors
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
         stream_wait_empty=False,
     )
-    topic_types = {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+    topic_types = event_topics(settings)
     events = app.topic(*topic_types, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DLQ), key_serializer="raw", value_serializer="raw")
     outputs = {name: app.topic(settings.topic(name), key_serializer="raw", value_serializer="raw")

@@ -5,13 +5,12 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from relevo.settings import Settings
-from streams.events import EVENT_TYPES
-from streams.topics import event_topic
+from streams.topics import event_topics
 
 
 async def consumer_lag(settings: Settings) -> dict[str, int]:
     """Records produced but not yet committed by the worker group, per event topic."""
-    topics = [settings.topic(event_topic(t)) for t in EVENT_TYPES]
+    topics = list(event_topics(settings))
     # A consumer that never subscribes does not join the group: it only reads the group's offsets.
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
                                 group_id=settings.app_id, enable_auto_commit=False)

@@ -23,6 +23,11 @@ def event_topic(event_type: str) -> str:
     return f"events.{event_type}"
 
 
+def event_topics(settings: Settings) -> dict[str, str]:
+    """Each event topic's full name, mapped to the event type it carries."""
+    return {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+
+
 def all_topics(settings: Settings) -> list[str]:
     names = [event_topic(t) for t in EVENT_TYPES] + [DLQ, CATALOG, TRAIN_BATCHES, MODEL_UPDATES, DRIFT_ALERTS]
     return [settings.topic(n) for n in names]
