@@ -56,8 +56,9 @@ class EventPipeline:
         for record in records:
             valid, rejects = decode_record(record.value, self.topic_types.get(record.topic),
                                            self.max_event_bytes)
-            for event in valid:  # where it was read: event-time operators keep a watermark per source
-                event[SOURCE] = f"{record.topic}:{record.partition}"
+            source = f"{record.topic}:{record.partition}"  # event-time operators keep a watermark per source
+            for event in valid:
+                event[SOURCE] = source
             events.extend(valid)
             per_topic[record.topic] += len(valid)
             for reject in rejects:
