@@ -23,12 +23,13 @@ from itertools import permutations
 from pathlib import Path
 
 import numpy as np
+from relevo.core.settings import SHARED_DATA
+from relevo.search.encoder import load_encoder
+from relevo.search.retrieval import CatalogIndexer, HybridRetriever
 
 from bench.report import record, table
-from models.encoder import load_encoder
-from models.retrieval import CatalogIndexer, HybridRetriever
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/amazon_multilingual/product_titles_by_market.tsv"
+DATA = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
 CACHE = Path(".relevo/cache/embeddings")
 SYSTEMS = {  # name -> (encoder or None for lexical only, lexical weight)
     "lexical (BM25)": (None, 1.0),

@@ -27,18 +27,19 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
+from relevo.core.settings import SHARED_DATA
+from relevo.drift.alerts import Alert
+from relevo.drift.detectors import RiverDetector
+from relevo.drift.inject import drop_clicks, random_clicks
+from relevo.drift.metrics import GLOBAL, METRICS, MetricSpec
+from relevo.drift.monitor import DriftMonitor
+from relevo.drift.sinks import ListSink
+from relevo.streams.datasets import trivago
+from relevo.streams.events import Event, validate
 from river.drift import KSWIN, PageHinkley
 from river.drift.binary import DDM, EDDM
 
 from bench.report import record, table
-from drift.alerts import Alert
-from drift.detectors import RiverDetector
-from drift.inject import drop_clicks, random_clicks
-from drift.metrics import GLOBAL, METRICS, MetricSpec
-from drift.monitor import DriftMonitor
-from drift.sinks import ListSink
-from streams.datasets import SHARED_DATA, trivago
-from streams.events import Event, validate
 
 log = logging.getLogger(__name__)
 

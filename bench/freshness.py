@@ -21,14 +21,14 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from relevo.core.keys import Keys
+from relevo.core.settings import Settings
+from relevo.core.stats import percentile, read_stats
+from relevo.runtime.processes import Runtime
+from relevo.streams.datasets import open_dataset
+from relevo.streams.producer import EventProducer
 
 from bench.report import record, table
-from features.keys import Keys
-from relevo.runtime import Runtime
-from relevo.settings import Settings
-from relevo.stats import percentile, read_stats
-from streams.datasets import open_dataset
-from streams.producer import EventProducer
 
 log = logging.getLogger("bench.freshness")
 TICK_S = 0.01
@@ -103,7 +103,7 @@ async def measure_raw(bootstrap: str, events: list[dict], rate: int, seconds: fl
                 now = time.time() * 1000
                 latencies.extend(now - r.timestamp for r in records)
 
-    async with EventProducer(bootstrap, lambda t: f"raw.events.{t}", partitions=4,
+    async with EventProducer(bootstrap, "raw.", partitions=4,
                              batch_events=1000) as producer:
         reader = asyncio.create_task(consume())
         await steady_load(producer, events, rate, seconds)

@@ -19,14 +19,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from relevo.core.settings import SHARED_DATA
+from relevo.search.catalog import load_amazon
+from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
+from relevo.search.retrieval import CatalogIndexer, HybridRetriever
+from relevo.search.taxonomy import IntentClassifier, read_taxonomy
 
 from bench.report import record, table
-from models.catalog import load_amazon
-from models.encoder import DEFAULT_ENCODER, load_encoder
-from models.retrieval import CatalogIndexer, HybridRetriever
-from models.taxonomy import IntentClassifier, read_taxonomy
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/amazon_multilingual/product_titles_by_market.tsv"
+DATA = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
 CACHE = Path(".relevo/cache/embeddings")
 MARKET_LANGUAGE = {"UK": "en", "US": "en", "DE": "de", "FR": "fr", "JP": "ja"}
 # Amazon product_category -> taxonomy path prefixes that count as right.

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import torch
 from aiokafka import AIOKafkaProducer
+from relevo.core.settings import Settings
+from relevo.models.examples import ExamplesBuilder, record_emitter
+from relevo.models.live import LiveModel
+from relevo.models.registry import Registry
+from relevo.models.trainer import Trainer
+from relevo.models.trainer_worker import run_trainer
+from relevo.runtime.stack import kafka_server
+from relevo.streams.datasets import trivago
+from relevo.streams.follow import follow_updates
+from relevo.streams.topics import TRAIN_BATCHES, ensure_topics
 
 from bench.ranking import TRIVAGO
 from bench.report import record, table
-from models.examples import ExamplesBuilder
-from models.follow import follow_updates
-from models.live import LiveModel
-from models.registry import Registry
-from models.trainer import Trainer
-from models.trainer_worker import kafka_emitter, run_trainer
-from relevo.settings import Settings
-from relevo.stack import kafka_server
-from streams.datasets import trivago
-from streams.topics import TRAIN_BATCHES, ensure_topics
 
 
 async def measure(settings: Settings, root: Path, seconds: float, rate: float, wait_s: float,
@@ -42,12 +42,14 @@ async def measure(settings: Settings, root: Path, seconds: float, rate: float, w
     await ensure_topics(settings)
     registry, stop = Registry(root), asyncio.Event()
     pushed, polled = LiveModel(registry), LiveModel(registry)
-    tasks = [asyncio.create_task(run_trainer(settings, registry, Trainer(registry), stop)),
-             asyncio.create_task(follow_updates(pushed, settings, stop)),
+    tasks = [asyncio.create_task(run_trainer(settings, Trainer(registry), stop)),
+             asyncio.create_task(follow_updates(pushed.refresh, settings, stop)),
              asyncio.create_task(polled.watch(2.0))]
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
-    builder = ExamplesBuilder(kafka_emitter(producer, settings.topic(TRAIN_BATCHES)), wait_s=wait_s,
+    topic = settings.topic(TRAIN_BATCHES)
+    # the worker's own emitter (records of at most 64 examples), over a producer of this process
+    builder = ExamplesBuilder(record_emitter(lambda value: producer.send_and_wait(topic, value)), wait_s=wait_s,
                               batch_size=batch_size, batch_age_s=1.0)
     clicks: list[tuple[int, float]] = []  # (event time, wall time) of every clickout's click
     seen: dict[str, dict[int, float]] = {"model.updates": {}, "registry polling": {}}

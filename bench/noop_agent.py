@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import faust
-
-from relevo.settings import Settings
-from streams.app import _fetch_max_wait
+from relevo.core.settings import Settings
+from relevo.streams.app import _fetch_max_wait
 
 
 def main(bootstrap: str, topic: str, n: int, out: Path) -> None:

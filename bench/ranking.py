@@ -24,18 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from relevo.core.settings import SHARED_DATA
+from relevo.features.context import ContextState
+from relevo.models.examples import ExamplesBuilder
+from relevo.models.live import LiveModel
+from relevo.models.metrics import reciprocal_rank
+from relevo.models.registry import Registry
+from relevo.models.trainer import Trainer
+from relevo.streams.datasets import trivago
+from relevo.streams.pipeline import SOURCE
 
 from bench.report import record, table
-from models.context import ContextState
-from models.examples import ExamplesBuilder
-from models.live import LiveModel
-from models.metrics import reciprocal_rank
-from models.registry import Registry
-from models.trainer import Trainer
-from streams.datasets import trivago
-from streams.pipeline import SOURCE
 
-TRIVAGO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trivago" / "trivago_val_100k.parquet"
+TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"
 METHODS = ("original order", "online popularity", "session touched first", "model frozen at v1", "model (online)")
 
 

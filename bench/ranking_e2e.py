@@ -5,7 +5,7 @@ time; the worker's examples processor builds labelled lists behind its
 watermark, the trainer worker scores each batch with the serving version before
 learning from it and records, on the same lists, the session rule's MRR (the
 "items the session touched first" baseline). This bench sums those prequential
-figures (``models.live_mrr``) over every version the run published, in windows of about equal
+figures (``relevo.models.live_mrr``) over every version the run published, in windows of about equal
 clickouts, so the table shows the live MRR as the model learns. Per-country
 figures and the other baselines are in ``bench.ranking`` (in process, same
 classes, same ordering).
@@ -22,22 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from relevo.core.settings import SHARED_DATA, Settings
+from relevo.models.live_mrr import wait_until_quiet, windows
+from relevo.models.registry import Registry
+from relevo.runtime.processes import Runtime
+from relevo.streams.datasets import trivago
+from relevo.streams.producer import EventProducer
+from relevo.streams.replay import replay
+
 from bench.report import record, table
-from models.live_mrr import wait_until_quiet, windows
-from models.registry import Registry
-from relevo.runtime import Runtime
-from relevo.settings import Settings
-from streams.datasets import trivago
-from streams.producer import EventProducer
-from streams.replay import replay
-from streams.topics import event_topic
 
 log = logging.getLogger(__name__)
-TRIVAGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "trivago" / "trivago_val_100k.parquet"
+TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"
 
 
 async def send(settings: Settings, events: list[dict], speed: float) -> None:
-    async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(event_topic(t)),
+    async with EventProducer(settings.kafka_bootstrap_servers, settings.topic_prefix,
                              settings.partitions) as producer:
         await replay(events, producer, speed=speed)
 

@@ -23,20 +23,21 @@ import httpx
 import numpy as np
 import uvicorn
 from fastapi import FastAPI
+from relevo.core.settings import SHARED_DATA
+from relevo.features.context import ContextState
+from relevo.models.live import LiveModel
+from relevo.models.ranker import Ranker, RankerConfig
+from relevo.models.registry import Registry
+from relevo.models.rerank import LearnedReranker
+from relevo.search.catalog import load_amazon
+from relevo.search.catalog_store import build_search_service
+from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
+from relevo.search.retrieval import CatalogIndexer
+from relevo.serving.search import router
 
 from bench.report import record, table
-from models.catalog import load_amazon
-from models.catalog_cli import build_search_service
-from models.context import ContextState
-from models.encoder import DEFAULT_ENCODER, load_encoder
-from models.live import LiveModel
-from models.ranker import Ranker, RankerConfig
-from models.registry import Registry
-from models.rerank import LearnedReranker
-from models.retrieval import CatalogIndexer
-from serving.search import router
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/amazon_multilingual/product_titles_by_market.tsv"
+DATA = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
 CACHE = Path(".relevo/cache/embeddings")
 
 

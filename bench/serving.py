@@ -20,15 +20,15 @@ from pathlib import Path
 import httpx
 import redis
 import redis.asyncio as aioredis
+from relevo.core.keys import Keys
+from relevo.core.settings import Settings
+from relevo.core.stats import percentile
+from relevo.features.online import OnlineStore
+from relevo.runtime.processes import Runtime
+from relevo.streams.datasets import open_dataset
+from relevo.streams.producer import EventProducer
 
 from bench.report import record, table
-from features.keys import Keys
-from features.store import OnlineStore
-from relevo.runtime import Runtime
-from relevo.settings import Settings
-from relevo.stats import percentile
-from streams.datasets import open_dataset
-from streams.producer import EventProducer
 
 log = logging.getLogger("bench.serving")
 

@@ -33,17 +33,18 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from relevo.core.keys import Keys
+from relevo.core.settings import SHARED_DATA
+from relevo.core.text import normalize
+from relevo.runtime.stack import free_port, redis_server, wait_for_port
+from relevo.streams.datasets.trivago import events as trivago_events
+from relevo.streams.events import Event
+from relevo.suggestions import SuggestConfig, SuggestionRanker, SuggestionUpdater, SuggestService
+from relevo.suggestions.ranking import GLOBAL_POPULARITY, REGION_ONLY
 
 from bench.report import record, table
-from features.keys import Keys
-from models.normalize import normalize
-from models.suggest import Ranker, SuggestConfig, SuggestionUpdater, SuggestService
-from models.suggest.ranking import GLOBAL_POPULARITY, REGION_ONLY
-from relevo.stack import free_port, redis_server, wait_for_port
-from streams.datasets.trivago import events as trivago_events
-from streams.events import Event
 
-TRIVAGO = Path(__file__).resolve().parents[1].parent / "shared/data/trivago/trivago_val_100k.parquet"
+TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"
 PREFIX_LENGTHS = (1, 2, 3, 4, 5)
 TOP_K = 10
 KEYS = Keys("bench")
@@ -78,7 +79,7 @@ def process_cpu_s(pid: int) -> float:
 class Quality:
     """Reciprocal ranks per method, prefix length and region."""
 
-    def __init__(self, methods: dict[str, Ranker]) -> None:
+    def __init__(self, methods: dict[str, SuggestionRanker]) -> None:
         self.methods = methods
         self.ranks: dict[tuple[str, int, str], list[int]] = defaultdict(list)  # 0 = not in top 10
         self.seen_before = 0
@@ -157,7 +158,7 @@ async def latency_in_process(service: SuggestService, redis: aioredis.Redis,
 
 def http_app() -> FastAPI:
     """The app the HTTP latency run serves: the suggest router plus an empty route as the floor."""
-    from serving.suggest import router
+    from relevo.serving.suggest import router
     app = FastAPI()
     app.state.suggest = SuggestService(aioredis.Redis.from_url(os.environ[REDIS_URL_ENV]), KEYS)
     app.include_router(router)
@@ -219,7 +220,7 @@ async def freshness(updater: SuggestionUpdater, service: SuggestService, clock: 
     fresh = summary(waits, time.process_time() - cpu)
     burst = "nowhere trending"
     first_top5: dict[str, int] = {}
-    popular = Ranker(GLOBAL_POPULARITY, config.long_half_life_s, config.short_half_life_s)
+    popular = SuggestionRanker(GLOBAL_POPULARITY, config.long_half_life_s, config.short_half_life_s)
     for s in range(1, 301):
         await updater.process([search_event(burst, f"burst-{s}", clock + 60_000 + s * 1000, region)])
         _, found, _ = await service.candidates("n", None, region, None, TOP_K)
@@ -240,7 +241,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
     redis = aioredis.Redis.from_url(redis_url)
     config = SuggestConfig()
     updater, service = SuggestionUpdater(redis, KEYS, config), SuggestService(redis, KEYS, config)
-    baseline = {name: Ranker(w, config.long_half_life_s, config.short_half_life_s)
+    baseline = {name: SuggestionRanker(w, config.long_half_life_s, config.short_half_life_s)
                 for name, w in (("global popularity", GLOBAL_POPULARITY), ("region only", REGION_ONLY))}
     quality = Quality({"ours": service.ranker, **baseline})
     started = time.perf_counter()

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import redis
 from aiokafka import AIOKafkaConsumer
+from relevo.core.settings import Settings
+from relevo.runtime.processes import Runtime
+from relevo.runtime.stack import EmbeddedStack
+from relevo.streams.datasets import open_dataset
+from relevo.streams.producer import EventProducer
 
 from bench.report import record, table
-from relevo.runtime import Runtime
-from relevo.settings import Settings
-from relevo.stack import EmbeddedStack
-from streams.datasets import open_dataset
-from streams.producer import EventProducer
 
 log = logging.getLogger("bench.throughput")
 # Features alone is the target's configuration; adding drift measures its cost; the last is the default worker.
@@ -42,7 +42,7 @@ def copies_of(events: list[dict], copies: int) -> list[dict]:
 
 
 async def produce(bootstrap: str, prefix: str, events: list[dict], per_record: int) -> int:
-    async with EventProducer(bootstrap, lambda t: f"{prefix}events.{t}", partitions=4,
+    async with EventProducer(bootstrap, prefix, partitions=4,
                              batch_events=per_record) as producer:
         for start in range(0, len(events), 20_000):
             await producer.send(events[start:start + 20_000])

@@ -17,5 +17,5 @@ Wiring in the worker (``redis`` is a ``redis.asyncio`` client)::
                                    WebhookSink(url)], keys=Keys(settings.key_prefix))
 
 and in the API: ``app.state.alerts = AlertStore(redis, Keys(settings.key_prefix))``
-with ``serving.alerts.router`` included.
+with ``relevo.serving.alerts.router`` included.
 """

@@ -11,7 +11,7 @@ and returns a ``Change`` when the alert of that pair changed:
   is reopened quietly (and later resolved quietly), so a flapping signal does
   not flood the sinks.
 
->>> from drift.detectors import MixDetector
+>>> from relevo.drift.detectors import MixDetector
 >>> book = AlertBook(cooldown_ms=1000)
 >>> d = MixDetector(threshold=0.2, reference=100, window=100, check_every=10)
 >>> changes = []
@@ -29,7 +29,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drift.detectors import Detector, Level
+from relevo.drift.detectors import Detector, Level
 
 
 def _rounded(level: Level) -> Level:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator
 
-from streams.events import Event
+from relevo.streams.events import Event
 
 
 def _clicks_in(event: Event, region: str, start_ts: int) -> bool:

@@ -5,7 +5,7 @@ builds a fresh detector for one (region, metric); ``warmup`` is how many
 observations that pair needs before it may raise an alert.
 
 >>> sorted(METRICS)
-['calibration', 'category', 'click_rank', 'ctr', 'purchase_rate', 'query_language', 'volume']
+['category', 'click_rank', 'ctr', 'purchase_rate', 'query_language', 'volume']
 >>> METRICS["ctr"].make().name
 'ADWIN'
 >>> METRICS["query_language"].make().name
@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
+from relevo.drift.detectors import Detector, MixDetector, RiverDetector
 from river.drift import ADWIN
-
-from drift.detectors import Detector, MixDetector, RiverDetector
 
 GLOBAL = "*"  # not a valid region code in the event contract, so it cannot collide with one
 
@@ -53,11 +52,8 @@ METRICS: Mapping[str, MetricSpec] = dict([
           partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=1.1, window=60, memory=1440, floor=3.0,
                   log_scale=True), warmup=720),
     # Mixes drift with the time of day (regions wake up in turn), so PSI needs to be large.
-    _spec("query_language", "language of each non-empty query, guessed from script and locale",
+    _spec("query_language", "language of each non-empty query (relevo.core.language, the locale as a prior)",
           partial(MixDetector, threshold=0.4, reference=3000, window=1000), warmup=4000),
     _spec("category", "category of each clicked or purchased item that names one",
           partial(MixDetector, threshold=0.4, reference=3000, window=1000), warmup=4000),
-    _spec("calibration", "outcome minus predicted click probability, fed by observe_prediction",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=1.0, window=300, floor=0.1),
-          warmup=1000),
 ])

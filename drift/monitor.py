@@ -1,9 +1,9 @@
 """The drift monitor: a BatchProcessor that watches every metric per region and raises alerts.
 
-Each batch becomes observations (``drift.signals``), each observation updates the
-detector of its (region, metric) (``drift.metrics``), and the alert book turns
-detector readings into alerts (``drift.alerts``), which go to the store and the
-sinks (``drift.sinks``). The whole state is snapshotted to Redis every
+Each batch becomes observations (``relevo.drift.signals``), each observation updates the
+detector of its (region, metric) (``relevo.drift.metrics``), and the alert book turns
+detector readings into alerts (``relevo.drift.alerts``), which go to the store and the
+sinks (``relevo.drift.sinks``). The whole state is snapshotted to Redis every
 ``snapshot_every_batches`` batches or ``snapshot_every_s`` seconds and on close,
 and restored before the first batch, so a restart keeps its history and its open
 alerts, and does not announce them again.
@@ -29,15 +29,14 @@ import time
 from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
-
-from drift.alerts import Alert, AlertBook, Change
-from drift.detectors import Detector
-from drift.metrics import METRICS, MetricSpec
-from drift.signals import Observation, Signals
-from drift.sinks import AlertStore, Sink
-from drift.state import Snapshots
-from features.keys import Keys
-from streams.events import Event
+from relevo.core.keys import Keys
+from relevo.drift.alerts import Alert, AlertBook, Change
+from relevo.drift.detectors import Detector
+from relevo.drift.metrics import METRICS, MetricSpec
+from relevo.drift.signals import Observation, Signals
+from relevo.drift.sinks import AlertStore, Sink
+from relevo.drift.state import Snapshots
+from relevo.streams.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +96,6 @@ class DriftMonitor:
         if (self._batches_since_snapshot >= self.snapshot_every_batches
                 or time.monotonic() - self._last_snapshot >= self.snapshot_every_s):
             await self.snapshot()
-
-    def observe_prediction(self, region: str, p: float, outcome: bool, ts: int | None = None) -> None:
-        """Feed the calibration metric: the model predicted click probability ``p``; ``outcome`` happened.
-
-        Alerts it raises reach the sinks with the next ``process`` or ``close``.
-        """
-        ts = self.state.signals.clock if ts is None else ts
-        residual = float(outcome) - p
-        self._apply([(region, "calibration", residual, ts), ("*", "calibration", residual, ts)])
 
     def active_alerts(self) -> list[Alert]:
         return self.state.book.active()

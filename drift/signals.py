@@ -37,9 +37,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from drift.language import guess_language
-from drift.metrics import GLOBAL
-from streams.events import Event
+from relevo.core.language import identify
+from relevo.drift.metrics import GLOBAL
+from relevo.streams.events import Event
 
 Observation = tuple[str, str, Any, int]  # region, metric, value, event time (ms)
 
@@ -84,8 +84,8 @@ class Signals:
         """The (metric, value) pairs one event gives at once (ctr and the buckets come later)."""
         kind = event["type"]
         if kind == "search":
-            language = guess_language(event.get("query", ""), event.get("locale", ""))
-            return [("query_language", language)] if language else []
+            language = identify(event.get("query", ""), event.get("locale", ""))
+            return [("query_language", language.code)] if language else []
         values: list[tuple[str, Any]] = []
         if event.get("category"):
             values.append(("category", event["category"]))

@@ -26,9 +26,8 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
-
-from drift.alerts import Alert
-from features.keys import Keys
+from relevo.core.keys import Keys
+from relevo.drift.alerts import Alert
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class ListSink:
 
 
 class TopicSink:
-    """Alerts as JSON records through an injected ``send(bytes)``, e.g. a producer on ``drift.alerts``."""
+    """Alerts as JSON records through an injected ``send(bytes)``, e.g. a producer on ``relevo.drift.alerts``."""
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
         self._send = send

@@ -14,8 +14,7 @@ import pickle
 from typing import Any
 
 import redis.asyncio as aioredis
-
-from features.keys import Keys
+from relevo.core.keys import Keys
 
 log = logging.getLogger(__name__)
 

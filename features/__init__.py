@@ -1,1 +1,2 @@
-"""Feature definitions, the Redis online store, and feature-vector assembly."""
+"""Per-entity features: declarations, event → updates, batch aggregation, the Redis writer,
+the read path, and the point-in-time ranking context."""

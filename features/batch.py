@@ -6,7 +6,7 @@ are summed relative to the batch's latest event time ``t_ref``:
 ``sum(w * 2 ** ((t - t_ref) / half_life))``; the Lua script rescales that to the
 key's landmark, which is the same sum as applying each event on its own.
 
->>> from features.definitions import REGION_ACTIVITY, ITEM_COUNTS
+>>> from relevo.features.definitions import REGION_ACTIVITY, ITEM_COUNTS
 >>> b = BatchUpdate()
 >>> b.decayed(REGION_ACTIVITY, "FR", "searches", 1.0, 0)
 >>> b.decayed(REGION_ACTIVITY, "FR", "searches", 1.0, 86_400_000)  # one half-life later
@@ -18,16 +18,16 @@ key's landmark, which is the same sum as applying each event on its own.
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from features.definitions import FEATURES, Feature
-from features.keys import Keys
+from relevo.core.decay import factor, rate_per_ms
+from relevo.core.keys import Keys
+from relevo.features.definitions import FEATURES, Feature
 
 INDEX = {f: i + 1 for i, f in enumerate(FEATURES)}  # Lua tables count from 1
-DEFS = [[f.aggregation, f.half_life_s or 0, f.ttl_s, f.max_members or 0] for f in FEATURES]
-_LN2 = math.log(2)
+DEFS = [[f.aggregation, rate_per_ms(f.half_life_s) if f.half_life_s else 0, f.ttl_s, f.max_members or 0]
+        for f in FEATURES]
 
 
 class BatchUpdate:
@@ -68,7 +68,7 @@ class BatchUpdate:
         t_ref = self.t_ref
         for feature, entity_id, member, weight, ts in self._decayed:
             group = groups[(feature, entity_id)]
-            value = weight * math.exp(_LN2 * (ts - t_ref) / 1000 / feature.half_life_s)
+            value = weight * factor(t_ref - ts, feature.half_life_s)
             group[member] = group.get(member, 0.0) + value
         self._decayed.clear()
 

@@ -1,7 +1,7 @@
 """Feature definitions: declarations of what is kept, per entity, and how it ages.
 
-A definition says nothing about Redis; ``features.updates`` turns events into
-updates of these features and ``features.store`` keeps them. Every aggregation
+A definition says nothing about Redis; ``relevo.features.updates`` turns events into
+updates of these features and ``relevo.features.writer`` keeps them. Every aggregation
 is order-independent, so a redelivered or reordered stream ends in the same
 state as a single in-order pass:
 

@@ -1,7 +1,7 @@
 """From an event to the feature updates it implies (pure: no Redis here).
 
 ``apply_event`` tells an ``UpdateSink`` what changes; the sink decides how to
-keep it (``features.batch`` aggregates a whole batch before it reaches Redis).
+keep it (``relevo.features.batch`` aggregates a whole batch before it reaches Redis).
 
 >>> sink = RecordingSink()
 >>> apply_event({"type": "click", "event_id": "e1", "ts": 1_000, "user_id": "u1",
@@ -19,7 +19,8 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
-from features.definitions import (
+from relevo.core.text import normalize
+from relevo.features.definitions import (
     ITEM_COUNTS,
     REGION_ACTIVITY,
     REGION_CATEGORIES,
@@ -38,8 +39,7 @@ from features.definitions import (
     USER_WEIGHTS,
     Feature,
 )
-from models.normalize import normalize
-from streams.events import Event
+from relevo.streams.events import Event
 
 
 class UpdateSink(Protocol):

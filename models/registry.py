@@ -8,7 +8,7 @@ so a half-written or corrupted file is never served. ``pointer.json`` says
 which version serves and which served before it (for rollback).
 
 >>> import tempfile
->>> from models.ranker import FEATURE_SET, Ranker, RankerConfig
+>>> from relevo.models.ranker import FEATURE_SET, Ranker, RankerConfig
 >>> registry = Registry(tempfile.mkdtemp())
 >>> model = Ranker(RankerConfig(item_buckets=16, user_buckets=4, region_buckets=4))
 >>> v1 = registry.publish(model, parent=None, window=(0, 10), figures={"mrr": 0.5})
@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from models.ranker import FEATURE_SET, Ranker, RankerConfig
+from relevo.models.ranker import FEATURE_SET, Ranker, RankerConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +84,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def encode_weights(model: Ranker, adapter: dict[str, torch.Tensor] | None = None) -> bytes:
-    """The published form of a ranker: its config and its state dict (and the query
-    tower's LoRA adapters, when one learns: one file, so one checksum covers both)."""
+def encode_weights(model: Ranker) -> bytes:
+    """The published form of a ranker: its config and its state dict."""
     buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {"config": model.config.to_dict(), "state": state}
-    if adapter is not None:
-        payload["query_adapter"] = {k: v.detach().cpu() for k, v in adapter.items()}
     torch.save(payload, buffer)
     return buffer.getvalue()
 
@@ -137,10 +133,9 @@ class Registry:
         return max(found, default=None)
 
     def publish(self, model: Ranker, *, parent: int | None, window: tuple[int, int],
-                figures: dict[str, float], promote: bool = True,
-                adapter: dict[str, torch.Tensor] | None = None) -> ModelVersion:
+                figures: dict[str, float], promote: bool = True) -> ModelVersion:
         """Write a new version (weights, then metadata) and, by default, make it serve."""
-        data = encode_weights(model, adapter)
+        data = encode_weights(model)
         version = (self.latest() or 0) + 1
         meta = ModelVersion(version, hashlib.sha256(data).hexdigest(), parent, window,
                             figures, model.config.to_dict(), time.time())
@@ -164,11 +159,6 @@ class Registry:
             return decode_weights(self.read(version), device)
         except IncompatibleModel as exc:
             raise IncompatibleModel(f"model v{version}: {exc}") from None
-
-    def load_adapter(self, version: int) -> dict[str, torch.Tensor] | None:
-        """The query tower's LoRA adapters published with ``version``, if any."""
-        payload = torch.load(io.BytesIO(self.read(version)), map_location="cpu", weights_only=True)
-        return payload.get("query_adapter")
 
     def _pointer(self) -> dict[str, int | None]:
         path = self.root / "pointer.json"

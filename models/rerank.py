@@ -9,8 +9,8 @@ as the position shown, so what it learned from logged result lists applies.
 Before any version is published the first stage's order stands.
 
 >>> import tempfile
->>> from models.ranker import Ranker, RankerConfig
->>> from models.registry import Registry
+>>> from relevo.models.ranker import Ranker, RankerConfig
+>>> from relevo.models.registry import Registry
 >>> registry = Registry(tempfile.mkdtemp())
 >>> state = ContextState()
 >>> live = LiveModel(registry)
@@ -35,8 +35,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from models.context import ContextState
-from models.live import LiveModel
+from relevo.features.context import ContextState
+from relevo.models.live import LiveModel
 
 
 class LearnedReranker:

@@ -25,19 +25,15 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-from models.context import RULE
-from models.metrics import evaluate
-from models.ranker import Ranker, RankerConfig, collate, device, listwise_loss
-from models.registry import IncompatibleModel, ModelVersion, Registry
-
-if TYPE_CHECKING:  # models.lora pulls in transformers and peft: only a configured tower pays for them
-    from models.lora import LoraQueryTower
+from relevo.features.context import RULE
+from relevo.models.metrics import evaluate
+from relevo.models.ranker import Ranker, RankerConfig, collate, device, listwise_loss
+from relevo.models.registry import IncompatibleModel, ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +65,7 @@ class Trainer:
                  lr: float = 3e-3, id_lr_scale: float = 0.1, epochs: int = 2, minibatch: int = 32,
                  replay_size: int = 20_000, replay_ratio: float = 1.0, holdout_every: int = 10,
                  holdout_size: int = 500, gate_tolerance: float = 0.01, seed: int = 0,
-                 remember_searches: int = 200_000,
-                 query_tower: LoraQueryTower | None = None,
-                 item_vectors: Mapping[str, torch.Tensor] | None = None) -> None:
+                 remember_searches: int = 200_000) -> None:
         self.registry = registry
         self.config = config or RankerConfig()
         self.device = device
@@ -87,10 +81,6 @@ class Trainer:
         self.model = Ranker(self.config).to(device)
         self._seen = 0
         self._optimiser_state: dict[str, Any] | None = None  # Adam's moments, carried between updates
-        # LoRA on a transformers query tower, trained in place (a deep copy of a 118M-weight
-        # base per update would cost more than the update); frozen item vectors keyed by item id
-        self.query_tower = query_tower
-        self.item_vectors: Mapping[str, torch.Tensor] = item_vectors if item_vectors is not None else {}
         self._incompatible: int | None = None  # a serving version this code cannot continue from
         self._learned: OrderedDict[str, None] = OrderedDict()  # search ids already learned from
         self._remember = remember_searches
@@ -109,9 +99,6 @@ class Trainer:
             self.config = self.model.config
             self.version = serving
             self._optimiser_state = None
-            adapter = self.registry.load_adapter(serving) if self.query_tower is not None else None
-            if adapter is not None:
-                self.query_tower.load_adapter_state(adapter)
             log.info("trainer resumes from model v%d", serving)
 
     def update(self, batch: Sequence[Example]) -> UpdateReport:
@@ -138,7 +125,6 @@ class Trainer:
         candidate = copy.deepcopy(self.model)
         started = time.perf_counter()
         report.trained, optimiser_state = self._fit(candidate, fresh + replayed)
-        serving_adapter, adapter = self._fit_query_tower(fresh + replayed, report)
         report.train_seconds = time.perf_counter() - started
         self.replay.extend(fresh)
         if self.version is not None and self.holdout:
@@ -148,15 +134,12 @@ class Trainer:
                 report.refused = (f"hold-out MRR {challenger['mrr']:.4f} < serving "
                                   f"{serving['mrr']:.4f} - {self.gate_tolerance}")
                 log.info("not publishing: %s", report.refused)
-                if serving_adapter is not None:
-                    self.query_tower.load_adapter_state(serving_adapter)
                 return report
         timestamps = [e["ts"] for e in batch]
         figures = {**{f"prequential_{k}": v for k, v in report.prequential.items()}, **report.holdout,
                    "examples": len(batch)}
         report.published = self.registry.publish(candidate, parent=self.version,
-                                                 window=(min(timestamps), max(timestamps)), figures=figures,
-                                                 adapter=adapter)
+                                                 window=(min(timestamps), max(timestamps)), figures=figures)
         self.model, self.version = candidate, report.published.version
         self._optimiser_state = optimiser_state
         return report
@@ -195,34 +178,6 @@ class Trainer:
                 optimiser.step()
                 seen += len(chunk)
         return seen, copy.deepcopy(optimiser.state_dict())
-
-    def _fit_query_tower(self, examples: list[Example], report: UpdateReport,
-                         ) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
-        """A LoRA update of the query tower, kept only if its hold-out query MRR holds up;
-        returns the serving and the resulting adapters (both None without a tower)."""
-        tower = self.query_tower
-        if tower is None:
-            return None, None
-        from models.lora import click_pairs, query_mrr
-
-        serving = tower.adapter_state()
-        queries, items, targets = click_pairs(examples, self.item_vectors)
-        if not queries:
-            return serving, serving
-        before = query_mrr(tower, self.holdout, self.item_vectors) if self.holdout else None
-        for _ in range(self.epochs):
-            order = self.random.sample(range(len(queries)), len(queries))
-            for start in range(0, len(order), self.minibatch):
-                chunk = order[start:start + self.minibatch]  # every item the batch showed is a candidate
-                tower.learn([queries[i] for i in chunk], items, [targets[i] for i in chunk])
-        if before is not None:
-            after = query_mrr(tower, self.holdout, self.item_vectors)
-            report.holdout.update(serving_query_mrr=before, candidate_query_mrr=after)
-            if after < before - self.gate_tolerance:
-                log.info("keeping the serving query adapters: hold-out query MRR %.4f < %.4f - %s",
-                         after, before, self.gate_tolerance)
-                tower.load_adapter_state(serving)
-        return serving, tower.adapter_state()
 
     @torch.no_grad()
     def evaluate(self, model: Ranker, examples: Sequence[Example]) -> dict[str, float]:

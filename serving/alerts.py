@@ -1,6 +1,6 @@
 """HTTP API for drift alerts: ``GET /v1/alerts``.
 
-Reads the ``drift.sinks.AlertStore`` at ``app.state.alerts``. Filters: region
+Reads the ``relevo.drift.sinks.AlertStore`` at ``app.state.alerts``. Filters: region
 (``*`` is the global stream), metric, a time range in event-time epoch ms (an
 alert matches when it was open at some time in [since, until]), and
 ``active=true`` for alerts not yet resolved. Newest first.
@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-
-from drift.metrics import METRICS
-from drift.sinks import AlertStore
+from relevo.drift.metrics import METRICS
+from relevo.drift.sinks import AlertStore
 
 router = APIRouter()
 

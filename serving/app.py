@@ -10,25 +10,26 @@ from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from relevo.core.keys import Keys
+from relevo.core.settings import Settings
+from relevo.drift.sinks import AlertStore
+from relevo.features.context import ContextState
+from relevo.features.online import OnlineStore
+from relevo.models.live import LiveModel
+from relevo.models.registry import Registry
+from relevo.models.rerank import LearnedReranker
+from relevo.models.trainer_worker import registry_dir
+from relevo.search.catalog_store import CatalogConsumer, build_search_service, catalog_dir, open_catalog
+from relevo.serving import alerts, features, ingest, models, ops, search, suggest
+from relevo.streams.events import Event
+from relevo.streams.follow import follow_catalog, follow_events, follow_updates
+from relevo.streams.lag import consumer_lag
+from relevo.streams.producer import EventProducer
+from relevo.streams.topics import DLQ
+from relevo.suggestions.config import SuggestConfig
+from relevo.suggestions.service import SuggestService
 
-from drift.sinks import AlertStore
-from features.keys import Keys
-from features.store import OnlineStore
-from models.catalog_cli import CatalogConsumer, build_search_service, catalog_dir, open_catalog
-from models.context import ContextState
-from models.follow import follow_catalog, follow_events, follow_updates
-from models.live import LiveModel
-from models.registry import Registry
-from models.rerank import LearnedReranker
-from models.suggest.service import SuggestService
-from models.trainer_worker import registry_dir
 from relevo import __version__
-from relevo.settings import Settings
-from serving import alerts, features, ingest, models, ops, search, suggest
-from streams.events import Event
-from streams.lag import consumer_lag
-from streams.producer import EventProducer
-from streams.topics import DLQ, event_topic
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ class KafkaIngest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = EventProducer(settings.kafka_bootstrap_servers,
-                                      lambda t: settings.topic(event_topic(t)), settings.partitions)
+        self.producer = EventProducer(settings.kafka_bootstrap_servers, settings.topic_prefix, settings.partitions)
         self.ready = False
 
     async def start(self) -> None:
@@ -101,13 +101,14 @@ def create_app(settings: Settings) -> FastAPI:
         state.alerts = AlertStore(state.redis, state.keys)
         state.models = LiveModel(Registry(registry_dir(settings)))
         state.context = ContextState()  # the learned ranker's view of sessions, fed by follow_events
-        state.suggest = SuggestService(state.redis, state.keys, settings.suggest_config(), features=state.store)
+        state.suggest = SuggestService(state.redis, state.keys, SuggestConfig.from_settings(settings),
+                                       features=state.store)
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
         await state.ingest.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(state.lag.run()),
-                 asyncio.create_task(follow_updates(state.models, settings, stop)),
-                 asyncio.create_task(follow_events(state.context, settings, stop,
+                 asyncio.create_task(follow_updates(state.models.refresh, settings, stop)),
+                 asyncio.create_task(follow_events(state.context.observe, settings, stop,
                                                    since_ms=int((time.time() - settings.context_warmup_s) * 1000))),
                  asyncio.create_task(open_search(app, settings, stop))]
         try:

@@ -11,9 +11,8 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
-
-from serving.auth import require_ingest_key
-from streams.events import InvalidEvent, validate
+from relevo.serving.auth import require_ingest_key
+from relevo.streams.events import InvalidEvent, validate
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 

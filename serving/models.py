@@ -1,6 +1,6 @@
 """Model versions over HTTP: list them, promote one, roll one back (admin key).
 
-Reads ``request.app.state.models``, a ``models.live.LiveModel``; every change
+Reads ``request.app.state.models``, a ``relevo.models.live.LiveModel``; every change
 goes through its registry and is followed by ``refresh()``, so this replica
 swaps at once and others follow ``model.updates`` or poll.
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-
-from models.live import LiveModel
-from models.registry import CorruptModel, IncompatibleModel
-from serving.auth import require_admin_key
+from relevo.models.live import LiveModel
+from relevo.models.registry import CorruptModel, IncompatibleModel
+from relevo.serving.auth import require_admin_key
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -1,18 +1,15 @@
 """HTTP routes for search and query understanding.
 
-Reads its service from ``request.app.state.search`` (a ``models.search.SearchService``).
+Reads its service from ``request.app.state.search`` (a ``relevo.search.service.SearchService``).
 """
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, HTTPException, Query, Request
+from relevo.core.codes import canonical_locale, canonical_region
 
 router = APIRouter(tags=["search"])
 
-_REGION = re.compile(r"^[A-Za-z]{2,3}$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 MAX_QUERY_CHARS = 500
 
 
@@ -23,15 +20,20 @@ def _service(request: Request):
     return service
 
 
-def _check(query: str, region: str | None, locale: str | None) -> str:
+def _check(query: str, region: str | None, locale: str | None) -> tuple[str, str | None, str | None]:
+    """The query stripped, and region and locale in canonical form (or 422 with the reason)."""
     query = query.strip()
     if not query:
         raise HTTPException(422, detail="q must contain some text")
-    if region is not None and not _REGION.match(region):
-        raise HTTPException(422, detail=f"region must be a region code such as 'DE', got {region[:20]!r}")
-    if locale is not None and not _LOCALE.match(locale):
-        raise HTTPException(422, detail=f"locale must be a BCP 47 tag such as 'de-AT', got {locale[:20]!r}")
-    return query
+    try:
+        region = canonical_region(region) if region is not None else None
+    except ValueError:
+        raise HTTPException(422, detail=f"region must be a region code such as 'DE', got {region[:20]!r}") from None
+    try:
+        locale = canonical_locale(locale) if locale is not None else None
+    except ValueError:
+        raise HTTPException(422, detail=f"locale must be a BCP 47 tag such as 'de-AT', got {locale[:20]!r}") from None
+    return query, region, locale
 
 
 @router.get("/v1/search")
@@ -45,7 +47,7 @@ async def search(request: Request,
                  locale: str | None = Query(None, description="BCP 47, e.g. de-AT; picks the titles shown"),
                  k: int = Query(20, ge=1, le=100, description="how many results")) -> dict:
     """Items for ``q`` ranked for the user and region, with explanations."""
-    query = _check(q, region, locale)
+    query, region, locale = _check(q, region, locale)
     return await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k,
                                           session_id=session_id)
 
@@ -54,5 +56,5 @@ async def search(request: Request,
 async def understand(request: Request, q: str = Query(..., max_length=MAX_QUERY_CHARS),
                      locale: str | None = Query(None)) -> dict:
     """Language, intent categories and entities of ``q``."""
-    query = _check(q, None, locale)
+    query, _, locale = _check(q, None, locale)
     return _service(request).understand(query, locale)

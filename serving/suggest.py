@@ -10,10 +10,10 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
-
-from models.suggest.ranking import Suggestion
-from models.suggest.service import MAX_K, SuggestService
+from pydantic import BaseModel, Field, field_validator
+from relevo.core.codes import MAX_LOCALE_CHARS, MAX_REGION_CHARS, canonical_locale, canonical_region
+from relevo.suggestions.ranking import Suggestion
+from relevo.suggestions.service import MAX_K, SuggestService
 
 router = APIRouter(prefix="/v1", tags=["suggest"])
 
@@ -32,10 +32,20 @@ class SuggestQuery(BaseModel):
 
     prefix: str = Field(max_length=200, description="what the user has typed")
     user_id: str | None = Field(None, max_length=128)
-    region: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z0-9_-]+$")
-    locale: str | None = Field(None, max_length=35)
+    region: str | None = Field(None, max_length=MAX_REGION_CHARS)
+    locale: str | None = Field(None, max_length=MAX_LOCALE_CHARS)
     k: int = Field(10, ge=1, le=MAX_K)
     explain: bool = Field(False, description="include each ranking signal and count")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_region(value)
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_locale(value)
 
 
 @router.get("/suggest")

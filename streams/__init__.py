@@ -1,1 +1,2 @@
-"""The stream side: event contracts, topics, the Faust app and its agents, replay."""
+"""The stream side: the event contract, topics, producer, the Faust app and its pipeline,
+dataset replay, and followers of topics."""

@@ -4,6 +4,8 @@ Every event topic feeds one agent, which takes records in batches (Faust's
 per-record cost is what limits a worker, so the work is done per batch) and
 hands them to the ``EventPipeline``. Scale out with partitions and worker
 processes; every update is idempotent, so at-least-once delivery is enough.
+What the pipeline runs is the caller's choice (``build_processors``; the
+worker's table is ``relevo.runtime.worker``): the stream side knows no processor.
 """
 
 from __future__ import annotations
@@ -12,20 +14,22 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import faust
 import redis.asyncio as aioredis
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-from features.keys import Keys
-from relevo.settings import Settings
-from relevo.stats import WorkerStats
-from streams.pipeline import EventPipeline, Record
-from streams.topics import DLQ, DRIFT_ALERTS, TRAIN_BATCHES, event_topics
-from streams.wiring import build_processors
+from relevo.core.keys import Keys
+from relevo.core.settings import Settings
+from relevo.core.stats import WorkerStats
+from relevo.streams.pipeline import EventPipeline, Record
+from relevo.streams.processors import BatchProcessor, Send
+from relevo.streams.topics import DLQ, DRIFT_ALERTS, TRAIN_BATCHES, event_topics
 
 log = logging.getLogger(__name__)
+
+# Given the worker's Redis client and a sender per output topic, the processors to run.
+BuildProcessors = Callable[[aioredis.Redis, dict[str, Send]], list[BatchProcessor]]
 
 
 def _fetch_max_wait(ms: int) -> None:
@@ -48,7 +52,7 @@ def _fetch_max_wait(ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_with_wait  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, build_processors: BuildProcessors) -> faust.App:
     _fetch_max_wait(settings.fetch_max_wait_ms)
     faust_dir = settings.data_dir / "faust" / settings.app_id
     faust_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
@@ -85,7 +89,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(events)
     async def process_events(stream: faust.Stream) -> None:
         send = {name: _sender(topic) for name, topic in outputs.items()}
-        processors = build_processors(settings, redis, keys, send)
+        processors = build_processors(redis, send)
         pipeline = EventPipeline(processors, send_dlq, WorkerStats(redis, keys), topic_types,
                                  settings.max_event_bytes)
         log.info("worker ready: %s -> %s", ", ".join(topic_types), ", ".join(p.name for p in processors))
@@ -98,7 +102,7 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def _sender(topic: faust.TopicT) -> Callable[[bytes], Awaitable[None]]:
+def _sender(topic: faust.TopicT) -> Send:
     async def send(value: bytes) -> None:
         await topic.send(value=value)
     return send
@@ -110,9 +114,3 @@ def _record(event: faust.EventT) -> Record:
     return Record(message.topic, event.value, int(ts * 1000) if ts else None, message.partition,
                   message.offset)
 
-
-def run_worker(settings: Settings) -> None:
-    """Run one worker process until SIGINT/SIGTERM."""
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
-    worker.execute_from_commandline()

@@ -10,7 +10,7 @@ API accepted is never rejected later for a different reason.
 >>> validate({**ev, "ts": "yesterday"})
 Traceback (most recent call last):
 ...
-streams.events.InvalidEvent: ts: expected integer epoch milliseconds, got str
+relevo.streams.events.InvalidEvent: ts: expected integer epoch milliseconds, got str
 >>> events, rejects = decode_record(b'[{"type": "click"}, 7]', "click")
 >>> events, [r.reason for r in rejects]
 ([], ['event_id: required', 'event is not a JSON object'])
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from relevo.core.codes import canonical_locale, canonical_region
 
 EVENT_TYPES = ("search", "click", "purchase")
 CLICK_KINDS = ("click", "view", "cart")
@@ -35,9 +36,7 @@ MAX_RESULTS = 500
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: older is a unit mistake (seconds, not ms)
 MAX_FUTURE_MS = 24 * 3600 * 1000  # clocks drift, but not by a day
 
-_REGION = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 Event = dict[str, Any]
 
@@ -69,7 +68,7 @@ def _ts(value: Any) -> int:
 
 def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not regex.match(value):
+        if not isinstance(value, str) or not regex.fullmatch(value):
             raise ValueError(f"expected {what}, got {value!r:.40}")
         return value
     return check
@@ -142,8 +141,8 @@ COMMON: dict[str, Field] = {
     "ts": Field(_ts),
     "user_id": Field(_id),
     "session_id": Field(_id),
-    "region": Field(_pattern(_REGION, "a region code like FR")),
-    "locale": Field(_pattern(_LOCALE, "a BCP 47 locale like es-MX"), required=False, default=""),
+    "region": Field(canonical_region),
+    "locale": Field(canonical_locale, required=False, default=""),
     "device": Field(_text(32), required=False, default=""),
 }
 

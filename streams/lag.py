@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from relevo.settings import Settings
-from streams.topics import event_topics
+from relevo.core.settings import Settings
+from relevo.streams.topics import event_topics
 
 
 async def consumer_lag(settings: Settings) -> dict[str, int]:

@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import redis.exceptions
-
-from relevo.stats import WorkerStats
-from streams.events import Event, Reject, decode_record, encode
-from streams.processors import BatchProcessor
+from relevo.core.stats import WorkerStats
+from relevo.streams.events import Event, Reject, decode_record, encode
+from relevo.streams.processors import BatchProcessor
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ class EventPipeline:
                  max_retry_wait_s: float = 5.0) -> None:
         self.processors, self.send_dlq, self.stats = list(processors), send_dlq, stats
         self.topic_types, self.max_event_bytes = topic_types, max_event_bytes
+        self._topic_of = {event_type: topic for topic, event_type in topic_types.items()}
         self.max_retry_wait_s = max_retry_wait_s
 
     async def handle(self, records: Sequence[Record]) -> list[Event]:
@@ -82,7 +82,7 @@ class EventPipeline:
             log.exception("processor %s failed on a batch of %d events", processor.name, len(events))
             reason = f"processing: {processor.name} failed: {exc!r:.200}"
             for event in events:
-                await self.send_dlq(encode(event), {"reason": reason, "topic": f"events.{event['type']}"})
+                await self.send_dlq(encode(event), {"reason": reason, "topic": self._topic_of[event["type"]]})
 
     async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
         wait = 0.1

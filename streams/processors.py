@@ -7,10 +7,12 @@ turn. A processor is plain Python, testable without Kafka.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from streams.events import Event
+from relevo.streams.events import Event
+
+Send = Callable[[bytes], Awaitable[object]]  # writes one record to an output topic
 
 
 class BatchProcessor(Protocol):

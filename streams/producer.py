@@ -1,7 +1,7 @@
 """The Python producer client: events to Kafka, many events per record, partitioned by user.
 
 The worker pays per record, not per event, so ``send`` packs the events of one
-type and one partition into JSON-array records (``streams.events.decode_record``
+type and one partition into JSON-array records (``relevo.streams.events.decode_record``
 reads them back). The partition is Kafka's default partitioner applied to the
 ``user_id`` (murmur2), passed explicitly, so every producer of a user's events,
 in any language, keys them to the same partition and the worker sees them in
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from types import TracebackType
 
@@ -33,8 +33,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
-
-from streams.events import Event
+from relevo.streams.events import Event
+from relevo.streams.topics import event_topic
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,13 @@ def records(events: Sequence[Event], batch_events: int, max_bytes: int) -> Itera
             yield value, chunk[0]["user_id"].encode()
 
 
-def default_topic(event_type: str) -> str:
-    return f"events.{event_type}"
-
-
 class EventProducer:
-    """Writes events to ``topic_for(type)``, grouped into JSON-array records per user partition."""
+    """Writes events to their type's topic (under ``prefix``), in JSON-array records per user partition."""
 
-    def __init__(self, bootstrap_servers: str, topic_for: Callable[[str], str] | None = None,
-                 partitions: int = 4, batch_events: int = 200, max_record_bytes: int = 900_000,
-                 replication_factor: int = 1) -> None:
+    def __init__(self, bootstrap_servers: str, prefix: str = "", partitions: int = 4, batch_events: int = 200,
+                 max_record_bytes: int = 900_000, replication_factor: int = 1) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.topic_for = topic_for or default_topic
+        self.prefix = prefix
         self.partitions = partitions
         self.batch_events = batch_events
         self.max_record_bytes = max_record_bytes  # under Kafka's default 1 MiB message limit
@@ -104,6 +99,9 @@ class EventProducer:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+    def topic_for(self, event_type: str) -> str:
+        return event_topic(event_type, self.prefix)
 
     @property
     def producer(self) -> AIOKafkaProducer:

@@ -14,7 +14,6 @@ once, so an input that is not sorted by time is sent in its own order.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -22,15 +21,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
-from typing import Any
 
+from relevo.core.settings import Settings
+from relevo.streams.events import Event
+from relevo.streams.producer import EventProducer
 from tqdm import tqdm
-
-from relevo.settings import Settings
-from streams.datasets import DATASETS, DatasetNotFound, open_dataset
-from streams.events import Event
-from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -106,36 +101,9 @@ async def replay(events: Iterable[Event], producer: EventProducer, speed: float 
     return stats
 
 
-def register_cli(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add ``replay DATASET [--path P] [--speed X] [--limit N]``."""
-    parser = subparsers.add_parser("replay", help="replay a dataset into Kafka in event-time order")
-    parser.add_argument("dataset", choices=sorted(DATASETS), help="which dataset adapter to use")
-    parser.add_argument("--path", type=Path, help="the dataset file or directory (default: ../shared/data)")
-    parser.add_argument("--speed", type=float,
-                        help="compress event time by this factor (60: an hour a minute); default: no pacing")
-    parser.add_argument("--limit", type=int, help="send at most this many events")
-    parser.set_defaults(func=run_cli)
-
-
-def run_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """The ``replay`` subcommand against ``settings.kafka_bootstrap_servers``."""
-    if not settings.kafka_bootstrap_servers:
-        log.error("no Kafka to replay into: start the stack with `relevo up`, or set KAFKA_BOOTSTRAP_SERVERS")
-        return 2
-    try:
-        events = open_dataset(args.dataset, args.path)
-    except DatasetNotFound as exc:
-        log.error("%s", exc)
-        return 2
-    stats = asyncio.run(_replay_to_kafka(events, settings, args.speed, args.limit))
-    log.info("replayed %d events in %.1f s (%.0f events/s): %s", stats.total, stats.elapsed_s,
-             stats.events_per_s, ", ".join(f"{n} {t}" for t, n in sorted(stats.sent.items())))
-    return 0
-
-
-async def _replay_to_kafka(events: Iterable[Event], settings: Settings, speed: float | None,
-                           limit: int | None) -> ReplayStats:
-    async with EventProducer(settings.kafka_bootstrap_servers,
-                             topic_for=lambda event_type: settings.topic(f"events.{event_type}"),
+async def replay_to_kafka(events: Iterable[Event], settings: Settings, speed: float | None = None,
+                          limit: int | None = None) -> ReplayStats:
+    """``replay`` into the event topics of ``settings`` (what ``relevo replay`` runs)."""
+    async with EventProducer(settings.kafka_bootstrap_servers, settings.topic_prefix,
                              partitions=settings.partitions) as producer:
         return await replay(events, producer, speed=speed, limit=limit)

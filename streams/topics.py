@@ -1,4 +1,4 @@
-"""Topic names and their creation."""
+"""Topic names (the one place they are written) and their creation."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-
-from relevo.settings import Settings
-from streams.events import EVENT_TYPES
+from relevo.core.settings import Settings
+from relevo.streams.events import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -19,18 +18,19 @@ MODEL_UPDATES = "model.updates"
 DRIFT_ALERTS = "drift.alerts"
 
 
-def event_topic(event_type: str) -> str:
-    return f"events.{event_type}"
+def event_topic(event_type: str, prefix: str = "") -> str:
+    """The topic that carries ``event_type`` events, under the common ``prefix``."""
+    return f"{prefix}events.{event_type}"
 
 
 def event_topics(settings: Settings) -> dict[str, str]:
     """Each event topic's full name, mapped to the event type it carries."""
-    return {settings.topic(event_topic(t)): t for t in EVENT_TYPES}
+    return {event_topic(t, settings.topic_prefix): t for t in EVENT_TYPES}
 
 
 def all_topics(settings: Settings) -> list[str]:
-    names = [event_topic(t) for t in EVENT_TYPES] + [DLQ, CATALOG, TRAIN_BATCHES, MODEL_UPDATES, DRIFT_ALERTS]
-    return [settings.topic(n) for n in names]
+    return [*event_topics(settings), *(settings.topic(n) for n in (DLQ, CATALOG, TRAIN_BATCHES, MODEL_UPDATES,
+                                                                     DRIFT_ALERTS))]
 
 
 async def ensure_topics(settings: Settings) -> None:

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from relevo.stack import kafka_server, redis_server
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from relevo.core.settings import SHARED_DATA
+from relevo.runtime.stack import kafka_server, redis_server
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
-from relevo.runtime import Runtime
-from relevo.settings import Settings
-from streams.producer import EventProducer
+from relevo.core.settings import Settings
+from relevo.runtime.processes import Runtime
+from relevo.streams.producer import EventProducer
 
 T0 = 1_541_599_523_000
 
@@ -54,7 +53,7 @@ def expected_decayed(events: list[dict], as_of: int, entity_key: str, weights: d
 
 def send(settings: Settings, events: list[dict], per_record: int = 200) -> None:
     async def go() -> None:
-        async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(f"events.{t}"),
+        async with EventProducer(settings.kafka_bootstrap_servers, settings.topic_prefix,
                                  partitions=settings.partitions, batch_events=per_record) as producer:
             await producer.send(events)
     asyncio.run(go())
@@ -87,7 +86,7 @@ def feature_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
 
 def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, object]:
     """The snapshot with decayed sums turned into values as of ``as_of`` (landmarks differ by run)."""
-    from features.definitions import FEATURES
+    from relevo.features.definitions import FEATURES
 
     half_lives = {(f.entity, f.name): f.half_life_s for f in FEATURES if f.half_life_s}
     snap = feature_snapshot(client, prefix)

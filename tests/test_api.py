@@ -7,9 +7,9 @@ import time
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from relevo.core.settings import Settings
+from relevo.serving.app import create_app
 
-from relevo.settings import Settings
-from serving.app import create_app
 from tests.streamkit import T0
 
 KEY = {"X-API-Key": "dev-ingest-key"}
@@ -75,7 +75,7 @@ def test_health_readiness_and_metrics(api) -> None:
 
 
 def test_python_client_round_trip(api) -> None:
-    from serving.client import RelevoClient, RelevoError
+    from relevo.serving.client import RelevoClient, RelevoError
 
     client = RelevoClient.__new__(RelevoClient)
     client.http = api  # the TestClient speaks httpx's interface

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import orjson
 import pytest
-
-from models.catalog import InvalidItem, load_amazon, read_items, validate_item
-from models.catalog_cli import open_catalog, register_cli
-from models.encoder import CachedEncoder, TextEncoder
-from models.index import VectorIndex
-from relevo.settings import Settings
+from relevo.core.settings import Settings
+from relevo.runtime.cli import build_parser
+from relevo.search.catalog import InvalidItem, load_amazon, read_items, validate_item
+from relevo.search.catalog_store import open_catalog
+from relevo.search.encoder import CachedEncoder, TextEncoder
+from relevo.search.index import VectorIndex
 
 GOOD = {"item_id": "sku-1", "titles": {"en-gb": "Kettle"}, "category": "Kitchen", "brand": "Acme",
         "price": {"gb": 9.5}, "regions": ["gb"]}
@@ -110,11 +108,10 @@ def test_vector_index_switches_to_hnsw_and_persists(tmp_path):
 
 
 def test_catalog_load_command(tmp_path, monkeypatch):
-    import models.catalog_cli as cli
+    import relevo.search.catalog_store as cli
 
     monkeypatch.setattr(cli, "load_encoder", lambda name, cache_dir: CachedEncoder(Counting(), cache_dir))
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
+    parser = build_parser()
     items = tmp_path / "items.jsonl"
     items.write_bytes(orjson.dumps(GOOD) + b"\n" + orjson.dumps({**GOOD, "item_id": "sku-2", "regions": []}))
     args = parser.parse_args(["catalog", "load", str(items)])
@@ -126,8 +123,8 @@ def test_catalog_load_command(tmp_path, monkeypatch):
 
 
 async def test_catalog_consumer_upserts_rejects_and_saves(tmp_path):
-    from models.catalog_cli import CatalogConsumer
-    from models.retrieval import CatalogIndexer
+    from relevo.search.catalog_store import CatalogConsumer
+    from relevo.search.retrieval import CatalogIndexer
 
     catalog = CatalogIndexer(CachedEncoder(Counting(), tmp_path / "cache"))
     consumer = CatalogConsumer(catalog, tmp_path / "catalog", save_every_s=0)

@@ -17,12 +17,12 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
+from relevo.core.keys import Keys
+from relevo.drift.alerts import Alert
+from relevo.drift.monitor import DriftMonitor
+from relevo.drift.sinks import AlertStore, ListSink, TopicSink, WebhookSink
+from relevo.serving.alerts import router
 
-from drift.alerts import Alert
-from drift.monitor import DriftMonitor
-from drift.sinks import AlertStore, ListSink, TopicSink, WebhookSink
-from features.keys import Keys
-from serving.alerts import router
 from tests.test_drift import run, searches
 
 

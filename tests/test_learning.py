@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-
-from models.context import FEATURES
-from models.examples import ExamplesBuilder
-from models.live import LiveModel
-from models.ranker import Ranker, RankerConfig
-from models.registry import CorruptModel, Registry, encode_weights
-from models.trainer import Trainer
+from relevo.features.context import FEATURES
+from relevo.models.examples import ExamplesBuilder
+from relevo.models.live import LiveModel
+from relevo.models.ranker import Ranker, RankerConfig
+from relevo.models.registry import CorruptModel, Registry, encode_weights
+from relevo.models.trainer import Trainer
 
 SMALL = RankerConfig(item_buckets=1024, user_buckets=64, region_buckets=16, hidden=16)
 T0 = 1_700_000_000_000

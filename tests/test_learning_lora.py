@@ -1,19 +1,10 @@
-"""The LoRA query tower learns on CPU from a small batch (a tiny random BERT; real encoders are slow),
-alone and inside the trainer."""
+"""The LoRA query tower learns on CPU from a small batch (a tiny random BERT; real encoders are slow)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-
-from models.lora import HashTokenizer, ItemVectors, LoraQueryTower, query_mrr, tiny_bert
-from models.registry import Registry
-from models.trainer import Trainer
-from models.trainer_worker import query_tower
-from relevo.settings import Settings
-from tests.test_learning import SMALL, build_examples, planted_stream
+from relevo.models.lora import HashTokenizer, LoraQueryTower, tiny_bert
 
 
 def test_lora_query_tower_learns_on_cpu_on_a_small_batch() -> None:
@@ -59,50 +50,3 @@ def test_adapters_round_trip_into_a_serving_tower_and_items_stay_frozen() -> Non
     with pytest.raises(ValueError, match="rank 2"):
         LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=2, device="cpu").load_adapter_state(
             tower.adapter_state())
-
-
-def test_query_mrr_ranks_each_click_among_the_items_its_search_showed() -> None:
-    tower = LoraQueryTower(tiny_bert(vocab_size=512), HashTokenizer(vocab_size=512), rank=2, device="cpu")
-    vectors = {name: tower.encode([name])[0] for name in ("red shoes", "blue kettle", "green tea")}
-    examples = [{"query": "red shoes", "items": ["blue kettle", "red shoes"], "labels": [0, 1]},
-                {"query": "green tea", "items": ["green tea", "red shoes", "unknown"], "labels": [2, 0, 0]},
-                {"query": "", "items": ["green tea", "red shoes"], "labels": [1, 0]}]  # no query: not scored
-    assert query_mrr(tower, examples, vectors) == 1.0  # each query's own vector ranks its item first
-    assert query_mrr(tower, examples[2:], vectors) == 0.0
-
-
-async def test_the_trainer_fine_tunes_and_publishes_the_query_tower(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
-    events = planted_stream(400)
-    # Each search's query names its clicked item's group in words the base never tied to it.
-    clicked = {e["search_id"]: e["item_id"] for e in events if e["type"] == "click"}
-    for event in events:
-        if event["type"] == "search":
-            event["query"] = f"looking for thing {int(clicked[event['search_id']][1:]) % 7}"
-    batches = await build_examples(events)
-    tokenize = HashTokenizer(vocab_size=512)
-    tower = LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=4, lr=1e-2, device="cpu")
-    vectors = ItemVectors(tower, lambda item: f"item {item}")
-    vectors.prepare([i for batch in batches for e in batch for i in e["items"]])
-    registry = Registry(tmp_path)
-    trainer = Trainer(registry, SMALL, device="cpu", lr=1e-2, query_tower=tower, item_vectors=vectors)
-    everything = [e for batch in batches for e in batch]
-    before = query_mrr(tower, everything, vectors)
-    reports = [trainer.update(batch) for batch in batches]
-    assert query_mrr(tower, everything, vectors) > before + 0.1
-    assert "candidate_query_mrr" in reports[-1].holdout
-    published = registry.load_adapter(registry.current())
-    assert published is not None and all("lora_" in key for key in published)
-    # A restarted trainer (or a serving replica) gets the published adapters back.
-    serving = LoraQueryTower(tiny_bert(vocab_size=512), tokenize, rank=4, device="cpu")
-    resumed = Trainer(registry, SMALL, device="cpu", query_tower=serving, item_vectors=vectors)
-    assert resumed.version == registry.current()
-    assert torch.allclose(serving.encode(["looking for thing 3"]), tower.encode(["looking for thing 3"]), atol=1e-6)
-
-
-def test_the_trainer_worker_uses_the_query_tower_only_when_configured_and_a_catalog_has_text(tmp_path: Path) -> None:
-    assert query_tower(Settings(data_dir=tmp_path, query_tower="off"), "cuda") is None
-    assert query_tower(Settings(data_dir=tmp_path, query_tower="auto"), "cpu") is None
-    assert query_tower(Settings(data_dir=tmp_path, query_tower="e5"), "cpu") is None  # no catalog loaded
-    with pytest.raises(ValueError, match="RELEVO_QUERY_TOWER"):
-        query_tower(Settings(data_dir=tmp_path, query_tower="yes"), "cpu")

@@ -11,17 +11,17 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from relevo.core.settings import Settings
+from relevo.features.context import ContextState
+from relevo.models.live import LiveModel
+from relevo.models.ranker import Ranker, RankerConfig
+from relevo.models.registry import Registry
+from relevo.models.trainer import Trainer
+from relevo.models.trainer_worker import run_trainer
+from relevo.serving import models as models_api
+from relevo.streams.follow import committed_history, follow_events, follow_updates
+from relevo.streams.topics import ensure_topics
 
-from models.context import ContextState
-from models.follow import committed_history, follow_events, follow_updates
-from models.live import LiveModel
-from models.ranker import Ranker, RankerConfig
-from models.registry import Registry
-from models.trainer import Trainer
-from models.trainer_worker import run_trainer
-from relevo.settings import Settings
-from serving import models as models_api
-from streams.topics import ensure_topics
 from tests.test_learning import build_examples, planted_stream
 
 SMALL = RankerConfig(item_buckets=256, user_buckets=16, region_buckets=8, hidden=8)
@@ -64,7 +64,7 @@ async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_
                         session_timeout_s=6.0, partitions=1, app_id=f"trainer-{tmp_path.name[-8:]}")
     registry = Registry(tmp_path)
     stop = asyncio.Event()
-    worker = asyncio.create_task(run_trainer(settings, registry, Trainer(registry, SMALL, device="cpu"), stop))
+    worker = asyncio.create_task(run_trainer(settings, Trainer(registry, SMALL, device="cpu"), stop))
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     updates = AIOKafkaConsumer(settings.topic("model.updates"), bootstrap_servers=kafka_bootstrap,
                                auto_offset_reset="earliest")
@@ -100,8 +100,8 @@ async def test_serving_replays_recent_events_and_follows_model_updates(kafka_boo
     await asyncio.sleep(0.05)
     # Produced before the replica starts, inside its warm-up window: replayed. The one before is not.
     await producer.send_and_wait(settings.topic("events.click"), orjson.dumps([click, {"type": "click"}]))
-    followers = [asyncio.create_task(follow_events(state, settings, stop, since_ms=old.timestamp + 1)),
-                 asyncio.create_task(follow_updates(live, settings, stop))]
+    followers = [asyncio.create_task(follow_events(state.observe, settings, stop, since_ms=old.timestamp + 1)),
+                 asyncio.create_task(follow_updates(live.refresh, settings, stop))]
     try:
         await asyncio.sleep(1.5)  # the update follower is listening from the end of the topic now
         registry.publish(Ranker(SMALL), parent=None, window=(0, 1), figures={})

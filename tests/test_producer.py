@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from streams.events import decode_record
-from streams.producer import EventProducer, partition_for
+from relevo.streams.events import decode_record
+from relevo.streams.producer import EventProducer, partition_for
 
 PARTITIONS = 4
 
@@ -47,8 +46,7 @@ async def consume(bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes]]:
 @pytest.fixture
 async def producer(kafka_bootstrap: str) -> AsyncIterator[EventProducer]:
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    async with EventProducer(kafka_bootstrap, topic_for=lambda t: f"{prefix}events.{t}",
-                             partitions=PARTITIONS, batch_events=50) as producer:
+    async with EventProducer(kafka_bootstrap, prefix, partitions=PARTITIONS, batch_events=50) as producer:
         yield producer
 
 
@@ -86,10 +84,10 @@ async def test_send_raw_writes_bytes_as_given(producer: EventProducer, kafka_boo
 
 
 async def test_oversized_groups_split_into_smaller_records(kafka_bootstrap: str) -> None:
-    topic = f"t{uuid.uuid4().hex[:8]}.big"
-    async with EventProducer(kafka_bootstrap, topic_for=lambda t: topic, max_record_bytes=2000) as producer:
+    async with EventProducer(kafka_bootstrap, f"t{uuid.uuid4().hex[:8]}.", max_record_bytes=2000) as producer:
         await producer.send([search(n, "one-user") for n in range(40)])
         assert producer.records_sent > 1
+        topic = producer.topic_for("search")
 
     received = await consume(kafka_bootstrap, topic)
     assert all(len(value) <= 2000 for _, _, value in received)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 import uuid
@@ -12,13 +11,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from relevo.settings import Settings
-from streams.datasets import DatasetNotFound, open_dataset
-from streams.datasets.ndjson import events as ndjson_events
-from streams.events import Event, Reject, validate
-from streams.producer import EventProducer
-from streams.replay import register_cli, replay
+from relevo.core.settings import Settings
+from relevo.runtime.cli import build_parser
+from relevo.streams.datasets import DatasetNotFound, open_dataset
+from relevo.streams.datasets.ndjson import events as ndjson_events
+from relevo.streams.events import Event, Reject, validate
+from relevo.streams.producer import EventProducer
+from relevo.streams.replay import replay
 
 TRIVAGO_SLICE = 20_000
 
@@ -109,8 +108,8 @@ def synthetic(count: int, spacing_ms: int) -> list[Event]:
 
 async def test_replay_paces_event_time_by_speed(kafka_bootstrap: str) -> None:
     prefix = uuid.uuid4().hex[:8]
-    async with EventProducer(kafka_bootstrap, topic_for=lambda t: f"{prefix}.{t}") as producer:
-        await producer.partition_count(f"{prefix}.click")  # topic creation is not part of the pace
+    async with EventProducer(kafka_bootstrap, f"{prefix}.") as producer:
+        await producer.partition_count(producer.topic_for("click"))  # topic creation is not part of the pace
         events = synthetic(11, spacing_ms=200)  # two seconds of event time
 
         paced = await replay(events, producer, speed=4.0, progress=False)
@@ -123,8 +122,7 @@ async def test_replay_paces_event_time_by_speed(kafka_bootstrap: str) -> None:
 
 
 def test_replay_command(kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
+    parser = build_parser()
     path = tmp_path / "events.ndjson"
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in synthetic(5, spacing_ms=1)))
     args = parser.parse_args(["replay", "ndjson", "--path", str(path), "--limit", "3"])

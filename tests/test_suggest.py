@@ -6,16 +6,15 @@ import itertools
 
 import pytest
 import redis.asyncio as aioredis
-
-from features.keys import Keys
-from models.suggest import (
+from relevo.core.keys import Keys
+from relevo.suggestions import (
     RankWeights,
     SuggestConfig,
     SuggestionUpdater,
     SuggestService,
 )
-from models.suggest.config import DEFAULT_CONFIG
-from models.suggest.ranking import DEFAULT_WEIGHTS, REGION_ONLY
+from relevo.suggestions.config import DEFAULT_CONFIG
+from relevo.suggestions.ranking import DEFAULT_WEIGHTS, REGION_ONLY
 
 T0 = 1_541_599_523_000
 MINUTE = 60_000

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-
-from features.keys import Keys
-from features.store import FeatureWriter, OnlineStore
-from models.suggest import SuggestConfig, SuggestionUpdater, SuggestService
-from models.suggest.cli import register_cli
-from relevo.settings import Settings
-from serving.suggest import router
-from streams.events import validate
+from relevo.core.keys import Keys
+from relevo.core.settings import Settings
+from relevo.features.online import OnlineStore
+from relevo.features.writer import FeatureWriter
+from relevo.runtime.cli import build_parser
+from relevo.serving.suggest import router
+from relevo.streams.events import validate
+from relevo.suggestions import SuggestConfig, SuggestionUpdater, SuggestService
 
 T0 = 1_541_599_523_000
 
@@ -78,8 +77,7 @@ def test_cli_prints_suggestions_per_prefix_and_region(redis_db, redis_url, capsy
               "session_id": f"s{i}", "region": "PT", "query": "Lisboa"} for i in range(2)])
         await redis.aclose()
     asyncio.run(learn())
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["suggest", "LIS", "xyz", "--region", "PT"])
     assert args.func(args, Settings(redis_url=redis_url, key_prefix="t")) == 0
     out = capsys.readouterr().out

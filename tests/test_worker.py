@@ -11,10 +11,11 @@ import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
+from relevo.core.keys import Keys
+from relevo.features.definitions import USER_ITEMS, USER_WEIGHTS
+from relevo.features.online import OnlineStore
+from relevo.features.writer import FeatureWriter
 
-from features.definitions import USER_ITEMS, USER_WEIGHTS
-from features.keys import Keys
-from features.store import FeatureWriter, OnlineStore
 from tests.streamkit import (
     decayed_as_of,
     expected_decayed,
@@ -113,8 +114,8 @@ def test_malformed_records_go_to_the_dlq_and_the_worker_keeps_going(tmp_path, ka
         settings = rt.settings
 
         async def produce() -> None:
-            from streams.producer import EventProducer
-            async with EventProducer(settings.kafka_bootstrap_servers, lambda t: settings.topic(f"events.{t}"),
+            from relevo.streams.producer import EventProducer
+            async with EventProducer(settings.kafka_bootstrap_servers, settings.topic_prefix,
                                      partitions=2) as producer:
                 for i, raw in enumerate(bad):
                     await producer.send_raw(f"{settings.topic_prefix}events.click", raw, b"k%d" % i)

@@ -10,19 +10,18 @@ PosixPath('/data/trivago/trivago_val_100k.parquet')
 >>> resolve_path("ndjson", data_dir=Path("/data"))
 Traceback (most recent call last):
 ...
-streams.datasets.DatasetNotFound: dataset 'ndjson' has no default file: give its path (--path)
+relevo.streams.datasets.DatasetNotFound: dataset 'ndjson' has no default file: give its path (--path)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.datasets import diginetica, ndjson, trivago
-from streams.events import Event
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from relevo.core.settings import SHARED_DATA
+from relevo.streams.events import Event
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -31,16 +30,20 @@ class DatasetNotFound(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """How to read a dataset, and where its file lives under the shared data directory."""
+    """Which adapter module reads a dataset (its ``events(path)``; imported when used: the
+    adapters pull in pandas), and where its file lives under the shared data directory."""
 
-    read: Callable[[Path], Iterator[Event]]
+    adapter: str
     default_path: str | None
+
+    def read(self, path: Path) -> Iterator[Event]:
+        return importlib.import_module(f"{__name__}.{self.adapter}").events(path)
 
 
 DATASETS: dict[str, Dataset] = {
-    "trivago": Dataset(trivago.events, "trivago/trivago_val_100k.parquet"),
-    "diginetica": Dataset(diginetica.events, "diginetica"),
-    "ndjson": Dataset(ndjson.events, None),
+    "trivago": Dataset("trivago", "trivago/trivago_val_100k.parquet"),
+    "diginetica": Dataset("diginetica", "diginetica"),
+    "ndjson": Dataset("ndjson", None),
 }
 
 

@@ -25,8 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
-
-from streams.events import Event, validate
+from relevo.streams.events import Event, validate
 
 VIEWS_FILE = "sample_train-item-views.csv"
 PURCHASES_FILE = "train-purchases.csv"

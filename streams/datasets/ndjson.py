@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from streams.events import Event, Reject, decode_record
+from relevo.streams.events import Event, Reject, decode_record
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-
-from streams.events import Event, validate
+from relevo.streams.events import Event, validate
 
 # Platform code -> the locale its users most likely read; anything else gets FALLBACK_LOCALE.
 LOCALES = {

@@ -1,0 +1,84 @@
+"""Worker statistics kept in Redis, so every worker adds to one picture the API can show.
+
+Counters live in one hash; feature freshness (record produced → features
+written) is kept as histogram buckets for Prometheus and as a capped list of
+recent samples for exact percentiles.
+
+>>> bucket_field(3.2), bucket_field(6000)
+('fresh_le_5', 'fresh_le_inf')
+>>> percentile([5, 1, 3, 2, 4], 0.5)
+3
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from relevo.core.keys import Keys
+
+FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+SAMPLES_KEPT = 10_000
+_NUMBER = re.compile(r"\d+")
+
+
+def bucket_field(ms: float) -> str:
+    for bound in FRESHNESS_BUCKETS_MS:
+        if ms <= bound:
+            return f"fresh_le_{bound}"
+    return "fresh_le_inf"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class WorkerStats:
+    """Counts what one batch did and adds it to the shared statistics in Redis."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis, self.keys = redis, keys
+
+    async def record(self, topics: Iterable[str], events_by_topic: Counter[str],
+                     dlq_reasons: Iterable[str], produced_ms: Iterable[int | None]) -> None:
+        counts: Counter[str] = Counter(f"records:{t}" for t in topics)
+        counts.update({f"events:{t}": n for t, n in events_by_topic.items()})
+        counts.update(f"dlq:{reason_kind(r)}" for r in dlq_reasons)
+        now = time.time() * 1000
+        ages = [max(0.0, now - ts) for ts in produced_ms if ts]
+        counts.update(bucket_field(a) for a in ages)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for field, n in counts.items():
+                pipe.hincrby(self.keys.stats, field, n)
+            if ages:
+                pipe.hincrbyfloat(self.keys.stats, "fresh_sum_ms", sum(ages))
+                sample_key = self.keys.stats + ":fresh"
+                pipe.lpush(sample_key, *(round(a, 2) for a in ages[-100:]))
+                pipe.ltrim(sample_key, 0, SAMPLES_KEPT - 1)
+            await pipe.execute()
+
+
+def reason_kind(reason: str) -> str:
+    """A DLQ reason as a bounded metric label: numbers masked, length capped.
+
+    >>> reason_kind("ts: 99999999999999 is more than a day in the future")
+    'ts: N is more than a day in the future'
+    """
+    return _NUMBER.sub("N", reason)[:60]
+
+
+async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    """Counters, DLQ reasons and freshness percentiles, for the API and the demo summary."""
+    raw = await redis.hgetall(keys.stats)
+    samples = [float(s) for s in await redis.lrange(keys.stats + ":fresh", 0, -1)]
+    counters = {k.decode(): float(v) for k, v in raw.items()}
+    return {
+        "counters": counters,
+        "freshness_ms": {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99),
+                         "samples": len(samples)},
+    }

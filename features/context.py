@@ -1,0 +1,250 @@
+"""Point-in-time ranking features from a small in-process view of the stream.
+
+``ContextState`` remembers what each session touched (when, how often, how
+strongly), decayed item popularity per region and overall, and each user's
+history. ``features(search)`` turns a result list into one feature row per
+item *as of now*; callers take that snapshot before they ``observe`` the
+events that follow the search, so an example never sees its own outcome.
+
+>>> state = ContextState()
+>>> search = {"type": "search", "ts": 1_000, "session_id": "s", "user_id": "u",
+...           "region": "FR", "results": ["a", "b", "c"]}
+>>> state.features(search)[1][FEATURES.index("touched")]
+0.0
+>>> state.observe({"type": "click", "ts": 2_000, "session_id": "s", "user_id": "u",
+...                "region": "FR", "item_id": "b", "kind": "view"})
+>>> rows = state.features({**search, "ts": 3_000})
+>>> rows[1][FEATURES.index("touched")], rows[2][FEATURES.index("after_last_touched")]
+(1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relevo.core.decay import factor
+
+# Relevance grade of each interaction kind; "shown only" is 0.
+GRADES = {"view": 1, "click": 2, "cart": 3, "purchase": 4}
+
+FEATURES = (
+    "position_inverse", "position_fraction", "price_rank", "price_vs_median",
+    "touched", "touch_count", "touch_recency", "last_touched", "touch_freshness", "touch_grade",
+    "after_last_touched", "offset_from_last_touched", "list_has_touched",
+    "region_popularity", "region_popularity_rank", "global_popularity", "user_affinity",
+    "session_breadth", "list_length",
+    "session_shown", "session_clicks", "last_clicked", "item_ctr", "item_impressions",
+    "last_touched_position", "touch_age", "session_rule",
+    "last_touch_clicked", "searched_for", "offset_after_click", "price_vs_session",
+    "session_idle", "session_searches", "mobile", "filters",
+)
+# The rule "items the session touched first, most recent first, then the shown order" as a
+# feature: the ranker starts from it (see ``RankerConfig.rule_weight``) and learns corrections.
+RULE = FEATURES.index("session_rule")
+
+
+@dataclass
+class Touch:
+    """How one session interacted with one item."""
+
+    last_ts: int
+    count: int
+    grade: int
+    clicks: int = 0
+
+
+@dataclass
+class Session:
+    """What one session touched, what it was shown, and what it last clicked."""
+
+    touches: dict[str, Touch] = field(default_factory=dict)
+    shown: Counter[str] = field(default_factory=Counter)
+    searched: dict[str, int] = field(default_factory=dict)  # items a one-result search named, and when
+    log_prices: list[float] = field(default_factory=list)  # of the items it touched, latest last
+    searches: int = 0
+    last_ts: int | None = None
+    last_click: str | None = None
+
+
+class DecayedCounts:
+    """Counts that halve every ``half_life_ms`` of event time, bounded in size."""
+
+    def __init__(self, half_life_ms: float, max_items: int = 200_000) -> None:
+        self.half_life_ms = half_life_ms
+        self.max_items = max_items
+        self._values: dict[str, tuple[float, int]] = {}
+
+    def add(self, key: str, ts: int, weight: float = 1.0) -> None:
+        self._values[key] = (self.get(key, ts) + weight, ts)
+        if len(self._values) > self.max_items:  # forget the weaker half, rarely
+            keep = sorted(self._values.items(), key=lambda kv: kv[1][0], reverse=True)
+            self._values = dict(keep[: self.max_items // 2])
+
+    def get(self, key: str, ts: int) -> float:
+        entry = self._values.get(key)
+        if entry is None:
+            return 0.0
+        value, at = entry
+        return value if ts <= at else value * factor(ts - at, self.half_life_ms / 1000)
+
+
+class _Lru(OrderedDict):
+    """An OrderedDict that forgets its least recently touched keys beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def touch(self, key: str, make: Any) -> Any:
+        if key not in self:
+            self[key] = make()
+            if len(self) > self.limit:
+                self.popitem(last=False)
+        self.move_to_end(key)
+        return self[key]
+
+
+def _rank_fraction(values: Sequence[float]) -> list[float]:
+    """Each value's ascending rank scaled to 0..1 (ties share the lower rank)."""
+    first: dict[float, int] = {}
+    for rank, value in enumerate(sorted(values)):
+        first.setdefault(value, rank)
+    top = max(len(values) - 1, 1)
+    return [first[v] / top for v in values]
+
+
+class ContextState:
+    """Session, user and popularity state, updated from the stream in event-time order."""
+
+    def __init__(self, popularity_half_life_s: float = 6 * 3600, freshness_s: float = 600,
+                 max_sessions: int = 100_000, max_users: int = 100_000, max_prices: int = 500_000) -> None:
+        self.freshness_ms = freshness_s * 1000
+        self.sessions: _Lru = _Lru(max_sessions)
+        self.users: _Lru = _Lru(max_users)
+        self.prices: _Lru = _Lru(max_prices)  # last price seen per item, for lists that carry none
+        self.regions: dict[str, DecayedCounts] = {}
+        self.popularity = DecayedCounts(popularity_half_life_s * 1000)
+        self.impressions = DecayedCounts(popularity_half_life_s * 1000)
+        self.clicks = DecayedCounts(popularity_half_life_s * 1000)
+        self._half_life_ms = popularity_half_life_s * 1000
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Learn from a search (what was shown), a click or a purchase."""
+        session: Session = self.sessions.touch(event["session_id"], Session)
+        session.last_ts = event["ts"]
+        if event["type"] == "search":
+            results = event.get("results", ())
+            session.searches += len(results) > 1
+            session.shown.update(results)
+            for item in results:
+                self.impressions.add(item, event["ts"])
+            for item, price in zip(results, event.get("prices") or (), strict=False):
+                self._remember_price(item, price)
+            if len(results) == 1 and event.get("query"):  # a search naming one item: the user asked for it
+                session.searched[results[0]] = event["ts"]
+            return
+        item, ts = event["item_id"], event["ts"]
+        if event.get("price"):
+            self._remember_price(item, event["price"])
+        if self.prices.get(item):
+            session.log_prices = [*session.log_prices[-19:], math.log(self.prices[item])]
+        grade = GRADES[event.get("kind", "click") if event["type"] == "click" else "purchase"]
+        touch = session.touches.setdefault(item, Touch(ts, 0, grade))
+        touch.last_ts, touch.count, touch.grade = max(ts, touch.last_ts), touch.count + 1, max(grade, touch.grade)
+        if grade >= GRADES["click"]:
+            touch.clicks += 1
+            session.last_click = item
+            self.clicks.add(item, ts)
+        history = self.users.touch(event["user_id"], dict)
+        history[item] = history.get(item, 0) + grade
+        region = self.regions.setdefault(event["region"], DecayedCounts(self._half_life_ms))
+        region.add(item, ts, grade)
+        self.popularity.add(item, ts, grade)
+
+    def _remember_price(self, item: str, price: float) -> None:
+        self.prices.touch(item, float)
+        self.prices[item] = price
+
+    def session_items(self, session_id: str) -> list[str]:
+        """Items the session touched, most recent first."""
+        touches = self.sessions[session_id].touches if session_id in self.sessions else {}
+        return sorted(touches, key=lambda i: touches[i].last_ts, reverse=True)
+
+    def _prices(self, items: list[str], shown: list[float] | None) -> list[float]:
+        """The search's own ``prices`` when it carries them, else the last price seen per item (0: unknown)."""
+        if shown and len(shown) == len(items):
+            return shown
+        return [self.prices.get(item, 0.0) for item in items]
+
+    @staticmethod
+    def _price_features(prices: list[float]) -> tuple[list[float], list[float]]:
+        """Price rank in the list and log price against the list median (unknown prices: neutral)."""
+        known = [p for p in prices if p > 0]
+        if not known:
+            return [0.5] * len(prices), [0.0] * len(prices)
+        median = sorted(known)[len(known) // 2]
+        rank = _rank_fraction([p if p > 0 else median for p in prices])
+        gap = [max(-2.0, min(2.0, math.log(p / median))) if p > 0 else 0.0 for p in prices]
+        return rank, gap
+
+    def features(self, search: dict[str, Any]) -> list[list[float]]:
+        """One row of ``FEATURES`` per result of ``search``, as of its ``ts``."""
+        items: list[str] = list(search.get("results", ()))
+        n, ts = len(items), search["ts"]
+        session: Session = self.sessions.get(search["session_id"]) or Session()
+        touches = session.touches
+        recency = {item: rank for rank, item in enumerate(self.session_items(search["session_id"]))}
+        touched_here = [p for p, item in enumerate(items) if item in touches]
+        last_pos = min(touched_here, key=lambda p: recency[items[p]]) if touched_here else None
+        prices = self._prices(items, search.get("prices"))
+        price_rank, price_gap = self._price_features(prices)
+        session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
+        idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
+        context = [idle, math.log1p(session.searches), float(search.get("device") == "mobile"),
+                   math.log1p(len(search.get("filters") or ()))]
+        region = self.regions.get(search["region"])
+        region_pop = [region.get(i, ts) if region else 0.0 for i in items]
+        region_rank = _rank_fraction([-p for p in region_pop])
+        impressions = [self.impressions.get(item, ts) for item in items]
+        user = self.users.get(search["user_id"], {})
+        last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
+        by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
+        rule_rank = {p: rank for rank, p in enumerate(by_rule)}
+        rows = []
+        for p, item in enumerate(items):
+            touch = touches.get(item)
+            offset = 0.0 if last_pos is None else max(-5, min(5, p - last_pos)) / 5
+            rows.append([
+                1.0 / (1 + p), p / max(n - 1, 1), price_rank[p], price_gap[p],
+                float(touch is not None),
+                math.log1p(touch.count) if touch else 0.0,
+                1.0 / (1 + recency[item]) if touch else 0.0,
+                float(touch is not None and recency[item] == 0),
+                math.exp(-max(0, ts - touch.last_ts) / self.freshness_ms) if touch else 0.0,
+                touch.grade / 4 if touch else 0.0,
+                float(last_pos is not None and p == last_pos + 1),
+                offset,
+                float(last_pos is not None),
+                math.log1p(region_pop[p]), 1.0 - region_rank[p],
+                math.log1p(self.popularity.get(item, ts)),
+                math.log1p(user.get(item, 0)),
+                math.log1p(len(touches)), n / 25,
+                math.log1p(session.shown[item]),
+                math.log1p(touch.clicks) if touch else 0.0,
+                float(item == session.last_click),
+                (self.clicks.get(item, ts) + 0.1) / (impressions[p] + 1.0),
+                math.log1p(impressions[p]),
+                0.0 if last_pos is None else last_pos / max(n, 1),
+                math.log1p(max(0, ts - touch.last_ts) / 1000) / 10 if touch else 0.0,
+                1.0 / (1 + rule_rank[p]),
+                float(last_clicked),
+                float(item in session.searched),
+                offset if last_clicked else 0.0,
+                max(-2.0, min(2.0, math.log(prices[p]) - session_price)) if session_price and prices[p] else 0.0,
+                *context,
+            ])
+        return rows

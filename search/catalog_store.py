@@ -1,0 +1,91 @@
+"""The catalog on disk under the data dir: opening it, loading items into it (what
+``relevo catalog load`` runs), keeping it fed from the ``catalog.items`` topic, and
+the search service built on it.
+
+Layout under ``settings.data_dir``: ``catalog/`` (items + vectors, see
+``CatalogIndexer.save``) and ``cache/embeddings/`` (item embeddings per encoder).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from pathlib import Path
+
+from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
+from relevo.search.query import QueryUnderstanding
+from relevo.search.retrieval import CatalogIndexer
+from relevo.search.service import FeatureSource, Reranker, SearchService
+from relevo.search.taxonomy import TAXONOMY, IntentClassifier, read_taxonomy
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def catalog_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "catalog"
+
+
+def open_catalog(data_dir: Path, encoder_name: str = DEFAULT_ENCODER) -> CatalogIndexer:
+    """The saved catalog (empty if none), with an encoder whose item side is cached on disk."""
+    encoder = load_encoder(encoder_name, cache_dir=Path(data_dir) / "cache" / "embeddings")
+    return CatalogIndexer.open(catalog_dir(data_dir), encoder)
+
+
+class CatalogConsumer:
+    """Consumer of ``catalog.items`` records: upserts each batch (idempotent: an item
+    replaces its earlier version) and saves at most every ``save_every_s`` seconds.
+
+    ``process`` returns the rejected items with their reasons, for the DLQ. It encodes
+    new titles in the calling thread: run it where searches are not served concurrently
+    from other threads.
+    """
+
+    name = "catalog"
+
+    def __init__(self, catalog: CatalogIndexer, directory: Path, save_every_s: float = 30.0) -> None:
+        self.catalog, self.directory, self.save_every_s = catalog, Path(directory), save_every_s
+        self._saved_at = time.monotonic()
+
+    async def process(self, items: Sequence[object]) -> list[tuple[object, str]]:
+        rejected = self.catalog.upsert(items)
+        if time.monotonic() - self._saved_at >= self.save_every_s:
+            await self.close()
+        return rejected
+
+    async def close(self) -> None:
+        self.catalog.save(self.directory)
+        self._saved_at = time.monotonic()
+
+
+def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,
+                         reranker: Reranker | None = None, taxonomy: Path = TAXONOMY) -> SearchService:
+    """A ``SearchService`` over ``catalog``, with intent from the taxonomy when it exists."""
+    intents = None
+    if Path(taxonomy).exists():
+        intents = IntentClassifier(read_taxonomy(taxonomy), catalog.encoder)
+    else:
+        log.warning("no taxonomy at %s: queries get no intent category", taxonomy)
+    catalog.encoder.encode_queries(["warm up"])  # loads the model now, not on the first request (~2 s)
+    return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features, reranker=reranker)
+
+
+def load_items(data_dir: Path, items: Iterable[object], encoder_name: str = DEFAULT_ENCODER,
+               batch: int = 512) -> tuple[int, int]:
+    """Validate and index ``items`` into the catalog under ``data_dir``, with progress; (loaded, rejected)."""
+    catalog = open_catalog(data_dir, encoder_name)
+    items = iter(items)
+    loaded = rejected = 0
+    with tqdm(desc="catalog items", unit="item") as progress:
+        while chunk := list(islice(items, batch)):
+            failures = catalog.upsert(chunk)
+            for _, reason in failures:
+                log.warning("rejected: %s", reason)
+            rejected += len(failures)
+            loaded += len(chunk) - len(failures)
+            progress.update(len(chunk))
+    catalog.save(catalog_dir(data_dir))
+    log.info("loaded %d items (%d rejected); the catalog holds %d", loaded, rejected, len(catalog))
+    return loaded, rejected
