@@ -23,11 +23,11 @@ from itertools import permutations
 from pathlib import Path
 
 import numpy as np
+
+from bench.report import record, table
 from relevo.core.settings import SHARED_DATA
 from relevo.search.encoder import load_encoder
 from relevo.search.retrieval import CatalogIndexer, HybridRetriever
-
-from bench.report import record, table
 
 DATA = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
 CACHE = Path(".relevo/cache/embeddings")

@@ -27,6 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
+from river.drift import KSWIN, PageHinkley
+from river.drift.binary import DDM, EDDM
+
+from bench.report import record, table
 from relevo.core.settings import SHARED_DATA
 from relevo.drift.alerts import Alert
 from relevo.drift.detectors import RiverDetector
@@ -36,10 +40,6 @@ from relevo.drift.monitor import DriftMonitor
 from relevo.drift.sinks import ListSink
 from relevo.streams.datasets import trivago
 from relevo.streams.events import Event, validate
-from river.drift import KSWIN, PageHinkley
-from river.drift.binary import DDM, EDDM
-
-from bench.report import record, table
 
 log = logging.getLogger(__name__)
 

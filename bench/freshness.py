@@ -21,14 +21,14 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+
+from bench.report import record, table
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.core.stats import percentile, read_stats
 from relevo.runtime.processes import Runtime
 from relevo.streams.datasets import open_dataset
 from relevo.streams.producer import EventProducer
-
-from bench.report import record, table
 
 log = logging.getLogger("bench.freshness")
 TICK_S = 0.01

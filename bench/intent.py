@@ -19,13 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from bench.report import record, table
 from relevo.core.settings import SHARED_DATA
 from relevo.search.catalog import load_amazon
 from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
 from relevo.search.retrieval import CatalogIndexer, HybridRetriever
 from relevo.search.taxonomy import IntentClassifier, read_taxonomy
-
-from bench.report import record, table
 
 DATA = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
 CACHE = Path(".relevo/cache/embeddings")

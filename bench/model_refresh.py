@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 from aiokafka import AIOKafkaProducer
+
+from bench.ranking import TRIVAGO
+from bench.report import record, table
 from relevo.core.settings import Settings
 from relevo.models.examples import ExamplesBuilder, record_emitter
 from relevo.models.live import LiveModel
@@ -32,9 +35,6 @@ from relevo.runtime.stack import kafka_server
 from relevo.streams.datasets import trivago
 from relevo.streams.follow import follow_updates
 from relevo.streams.topics import TRAIN_BATCHES, ensure_topics
-
-from bench.ranking import TRIVAGO
-from bench.report import record, table
 
 
 async def measure(settings: Settings, root: Path, seconds: float, rate: float, wait_s: float,

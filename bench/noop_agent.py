@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import faust
+
 from relevo.core.settings import Settings
 from relevo.streams.app import _fetch_max_wait
 

@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.report import record, table
 from relevo.core.settings import SHARED_DATA
-from relevo.features.context import ContextState
 from relevo.models.examples import ExamplesBuilder
 from relevo.models.live import LiveModel
 from relevo.models.metrics import reciprocal_rank
 from relevo.models.registry import Registry
 from relevo.models.trainer import Trainer
 from relevo.streams.datasets import trivago
-from relevo.streams.pipeline import SOURCE
-
-from bench.report import record, table
 
 TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"
 METHODS = ("original order", "online popularity", "session touched first", "model frozen at v1", "model (online)")
@@ -73,12 +71,12 @@ class Replay:
     """The in-process loop plus the bookkeeping of every method's reciprocal ranks."""
 
     def __init__(self, root: Path, batch_size: int, wait_s: float) -> None:
-        self.state = ContextState()
         self.registry = Registry(root)
         self.trainer = Trainer(self.registry)
         self.live = LiveModel(self.registry)
-        self.builder = ExamplesBuilder(self.emit, wait_s=wait_s, batch_size=batch_size, state=self.state,
-                                       sources=())  # one in-order stream (see run): its watermark is its clock
+        # one in-order stream (see run), as one region partition applies it
+        self.builder = ExamplesBuilder(self.emit, wait_s=wait_s, batch_size=batch_size)
+        self.state = self.builder.context
         self.frozen = None
         self.clicks: Counter[str] = Counter()
         self.ranks: dict[str, list[float]] = defaultdict(list)
@@ -128,8 +126,11 @@ class Replay:
                 self.score(group[0], clicked)
                 self.clicked_at[group[0]["search_id"]] = time.perf_counter()
                 self.clicks[clicked] += 1
-            await self.builder.process([{**event, SOURCE: "replay"} for event in group])
-        await self.builder.close()
+            self.builder.apply(group, horizon=group[-1]["ts"], reach=group[-1]["ts"])
+            await self.builder.flush()
+        self.builder.apply([], horizon=float("inf"), reach=0)
+        self.builder.batch_age_s = 0  # emit the last, partial batch too
+        await self.builder.flush()
 
 
 def main() -> None:

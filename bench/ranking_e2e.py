@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import record, table
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.models.live_mrr import wait_until_quiet, windows
 from relevo.models.registry import Registry
@@ -29,8 +30,6 @@ from relevo.runtime.processes import Runtime
 from relevo.streams.datasets import trivago
 from relevo.streams.producer import EventProducer
 from relevo.streams.replay import replay
-
-from bench.report import record, table
 
 log = logging.getLogger(__name__)
 TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"

@@ -23,6 +23,8 @@ import httpx
 import numpy as np
 import uvicorn
 from fastapi import FastAPI
+
+from bench.report import record, table
 from relevo.core.settings import SHARED_DATA
 from relevo.features.context import ContextState
 from relevo.models.live import LiveModel
@@ -34,8 +36,6 @@ from relevo.search.catalog_store import build_search_service
 from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
 from relevo.search.retrieval import CatalogIndexer
 from relevo.serving.search import router
-
-from bench.report import record, table
 
 DATA = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
 CACHE = Path(".relevo/cache/embeddings")

@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import redis
 import redis.asyncio as aioredis
+
+from bench.report import record, table
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.core.stats import percentile
@@ -27,8 +29,6 @@ from relevo.features.online import OnlineStore
 from relevo.runtime.processes import Runtime
 from relevo.streams.datasets import open_dataset
 from relevo.streams.producer import EventProducer
-
-from bench.report import record, table
 
 log = logging.getLogger("bench.serving")
 

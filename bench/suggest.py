@@ -33,6 +33,8 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+
+from bench.report import record, table
 from relevo.core.keys import Keys
 from relevo.core.settings import SHARED_DATA
 from relevo.core.text import normalize
@@ -41,8 +43,6 @@ from relevo.streams.datasets.trivago import events as trivago_events
 from relevo.streams.events import Event
 from relevo.suggestions import SuggestConfig, SuggestionRanker, SuggestionUpdater, SuggestService
 from relevo.suggestions.ranking import GLOBAL_POPULARITY, REGION_ONLY
-
-from bench.report import record, table
 
 TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"
 PREFIX_LENGTHS = (1, 2, 3, 4, 5)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import redis
 from aiokafka import AIOKafkaConsumer
+
+from bench.report import record, table
 from relevo.core.settings import Settings
 from relevo.runtime.processes import Runtime
 from relevo.runtime.stack import EmbeddedStack
 from relevo.streams.datasets import open_dataset
 from relevo.streams.producer import EventProducer
-
-from bench.report import record, table
 
 log = logging.getLogger("bench.throughput")
 # Features alone is the target's configuration; adding drift measures its cost; the last is the default worker.

@@ -1,27 +1,41 @@
-"""Redis key construction, safe against hostile ids, and the dedupe buckets of event ids.
+"""Redis key construction, safe against hostile ids and ready for Redis Cluster.
 
 An id made only of ``[A-Za-z0-9_.-]`` is used as it is; anything else is hex
 encoded behind a ``~``. So no id can contain the ``:`` that separates key parts,
 and two different ids never map to the same key.
 
+Every entity's keys carry a hash tag naming one of ``SHARDS`` shards (``{7}``), so
+on a cluster all of an entity's keys share a slot and a writer can apply a batch
+with one script call per shard; each shard keeps its own bookkeeping (dedupe
+buckets, applied positions, counters) under the same tag.
+
 >>> k = Keys("rv")
 >>> k.entity("user", "u-1", "items")
-'rv:user:u-1:items'
+'rv:{6}:user:u-1:items'
 >>> k.entity("user", "a:b*", "items")
-'rv:user:~613a622a:items'
->>> buckets, ttl = dedupe_buckets("rv:seen", window_s=3600, now_s=7200)
+'rv:{7}:user:~613a622a:items'
+>>> k.in_shard(4, "applied")
+'rv:{4}:applied'
+>>> buckets, ttl = dedupe_buckets(k.in_shard(4, "seen"), window_s=3600, now_s=7200)
 >>> buckets[:2], len(buckets), ttl
-(['rv:seen:b24', 'rv:seen:b23'], 13, 3900)
+(['rv:{4}:seen:b24', 'rv:{4}:seen:b23'], 13, 3900)
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEDUPE_BUCKETS = 12  # a dedupe window is covered by this many sets of event ids
+SHARDS = 16  # part of every key's name: changing it moves every key
+
+
+def shard_of(text: str) -> int:
+    """The shard a key part belongs to (stable across processes, unlike ``hash``)."""
+    return zlib.crc32(text.encode()) % SHARDS
 
 
 @lru_cache(maxsize=1 << 18)
@@ -47,12 +61,17 @@ class Keys:
     prefix: str = "rv"
 
     def entity(self, entity: str, entity_id: str, feature: str) -> str:
-        return f"{self.prefix}:{entity}:{safe_id(entity_id)}:{feature}"
+        part = f"{entity}:{safe_id(entity_id)}"
+        return f"{self.prefix}:{{{shard_of(part)}}}:{part}:{feature}"
 
-    @property
-    def seen(self) -> str:
-        """The base name of the feature writer's dedupe buckets."""
-        return f"{self.prefix}:seen"
+    def in_shard(self, shard: int, name: str) -> str:
+        """A shard's own bookkeeping key (same slot as the shard's entities)."""
+        return f"{self.prefix}:{{{shard}}}:{name}"
+
+    @staticmethod
+    def shard(key: str) -> int:
+        """The shard of a key made by ``entity`` or ``in_shard``."""
+        return int(key[key.index("{") + 1:key.index("}")])
 
     @property
     def stats(self) -> str:
@@ -62,6 +81,10 @@ class Keys:
     def workers(self) -> str:
         """Hash of worker id → when it last finished joining the consumer group."""
         return f"{self.prefix}:workers"
+
+    def stage_state(self, stage: str, partition: int) -> str:
+        """The snapshot of one partition of a stage (``regions``, ``global``)."""
+        return f"{self.prefix}:stage:{{{stage}:{partition}}}"
 
     @property
     def clock(self) -> str:

@@ -49,7 +49,14 @@ class Settings:
     fetch_max_wait_ms: int = _env_field("RELEVO_FETCH_MAX_WAIT_MS", 5, "longest a fetch waits for new records")
     session_timeout_s: float = _env_field("RELEVO_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout")
     processors: str = _env_field("RELEVO_PROCESSORS", "features,drift,suggestions,examples",
-                                 "what the worker does with each batch, in order")
+                                 "what the worker does: features and suggestions per batch of the event "
+                                 "topics; drift and examples per partition of the region stream")
+    idle_s: float = _env_field("RELEVO_IDLE_S", 5.0, "a source read to its end and silent this long stops "
+                               "holding the stream's event time back")
+    max_clock_jump_s: int = _env_field("RELEVO_MAX_CLOCK_JUMP_S", 3600, "a source's event time jumps further "
+                                       "only when 3 events in a row agree (one wild timestamp moves nothing)")
+    checkpoint_s: float = _env_field("RELEVO_CHECKPOINT_S", 10.0, "how often each partition of the region "
+                                     "and global stages snapshots its state")
     alert_webhook_url: str = _env_field("RELEVO_ALERT_WEBHOOK_URL", "", "POST drift alerts here (empty: off)")
     alert_webhook_timeout_s: float = _env_field("RELEVO_ALERT_WEBHOOK_TIMEOUT_S", 2.0, "webhook timeout")
     alert_webhook_retries: int = _env_field("RELEVO_ALERT_WEBHOOK_RETRIES", 3, "webhook retries")
@@ -65,8 +72,6 @@ class Settings:
                                              "longest a training batch waits to fill")
     rerank_depth: int = _env_field("RELEVO_RERANK_DEPTH", 50,
                                    "search results the learned model re-orders (0: first ranker only)")
-    context_warmup_s: int = _env_field("RELEVO_CONTEXT_WARMUP_S", 3600,
-                                       "event history replayed at start into ranking context (API replicas, worker)")
     cache_dir: Path = _env_field("RELEVO_CACHE_DIR", Path("~/.cache/relevo"),
                                  "models built from installed packages (the rebuilt E5 is ~450 MB); never in git")
     log_level: str = _env_field("RELEVO_LOG_LEVEL", "INFO", "logging level")

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from relevo.core.keys import Keys
+
+from relevo.core.keys import SHARDS, Keys
 
 FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 SAMPLES_KEPT = 10_000
@@ -73,12 +74,20 @@ def reason_kind(reason: str) -> str:
 
 
 async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
-    """Counters, DLQ reasons and freshness percentiles, for the API and the demo summary."""
-    raw = await redis.hgetall(keys.stats)
-    samples = [float(s) for s in await redis.lrange(keys.stats + ":fresh", 0, -1)]
-    counters = {k.decode(): float(v) for k, v in raw.items()}
+    """Counters (the workers' and the feature shards' summed), DLQ reasons and freshness
+    percentiles, for the API and the demo summary."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.stats)
+        pipe.lrange(keys.stats + ":fresh", 0, -1)
+        for shard in range(SHARDS):
+            pipe.hgetall(keys.in_shard(shard, "counts"))
+        raw, fresh, *shards = await pipe.execute()
+    samples = [float(s) for s in fresh]
+    counters: Counter[str] = Counter()
+    for hash_ in (raw, *shards):
+        counters.update({k.decode(): float(v) for k, v in hash_.items()})
     return {
-        "counters": counters,
+        "counters": dict(counters),
         "freshness_ms": {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99),
                          "samples": len(samples)},
     }

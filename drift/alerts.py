@@ -126,3 +126,9 @@ class AlertBook:
 
     def active(self) -> list[Alert]:
         return [a for a in self.latest.values() if not a.resolved]
+
+    def forget(self, region: str) -> None:
+        """Drop what is kept about ``region`` (its detectors were evicted)."""
+        for key in [k for k in self.latest if k[0] == region]:
+            del self.latest[key]
+            self.quiet.discard(key)

@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
-from relevo.drift.detectors import Detector, MixDetector, RiverDetector
 from river.drift import ADWIN
+
+from relevo.drift.detectors import Detector, MixDetector, RiverDetector
 
 GLOBAL = "*"  # not a valid region code in the event contract, so it cannot collide with one
 

@@ -1,7 +1,10 @@
 """Turning the event stream into observations per (region, metric).
 
-Every observation goes to its region and to ``GLOBAL``. Windowing is in event
-time, driven by a clock that only moves forward:
+Observations are per region (the global stream is combined from every region
+partition's bucket aggregates, ``relevo.drift.combined``). Events arrive in event-time
+order (``relevo.streams.eventtime``); windowing is in event time, driven by a clock that
+only moves forward: the latest event's time, or the stream's horizon when it is later
+(so a quiet region still closes its searches and minutes):
 
 - ``ctr``: a search with results waits ``ctr_timeout_ms`` of event time for a
   click (or cart) naming its ``search_id``; then its outcome (1 clicked, 0 not)
@@ -21,14 +24,18 @@ time, driven by a clock that only moves forward:
 ...     {**base, "type": "search", "event_id": "1", "search_id": "q1", "query": "plage", "results": ["a"]},
 ...     {**base, "type": "click", "event_id": "2", "search_id": "q1", "item_id": "a", "position": 1},
 ... ])
->>> sorted((m, v) for r, m, v, _ in obs if r == "FR")
+>>> sorted((m, v) for r, m, v, _ in obs)
 [('click_rank', 0.5), ('query_language', 'fr')]
 >>> later = s.observe([{**base, "type": "purchase", "event_id": "3", "ts": 200_000, "item_id": "a",
 ...                     "order_id": "o", "price": 1.0}])
->>> [o for o in later if o[0] == "FR"][:3]  # closed minutes
+>>> later[:3]  # closed minutes
 [('FR', 'volume', 2.0, 0), ('FR', 'purchase_rate', 0.0, 0), ('FR', 'volume', 0.0, 60000)]
 >>> [o for o in later if o[1] == "ctr"]  # the search's outcome, once its timeout passed
-[('FR', 'ctr', 1.0, 0), ('*', 'ctr', 1.0, 0)]
+[('FR', 'ctr', 1.0, 0)]
+>>> quiet = Signals(ctr_timeout_ms=60_000)
+>>> _ = quiet.observe([{**base, "type": "search", "event_id": "4", "search_id": "q2", "results": ["a"]}])
+>>> [o for o in quiet.observe([], horizon=120_000) if o[1] == "ctr"]  # no events, but time moved on
+[('FR', 'ctr', 0.0, 0)]
 """
 
 from __future__ import annotations
@@ -38,7 +45,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from relevo.core.language import identify
-from relevo.drift.metrics import GLOBAL
 from relevo.streams.events import Event
 
 Observation = tuple[str, str, Any, int]  # region, metric, value, event time (ms)
@@ -50,28 +56,29 @@ class Signals:
     """Stateful extraction of metric observations from batches of events (picklable)."""
 
     def __init__(self, ctr_timeout_ms: int = 10 * 60_000, bucket_ms: int = 60_000, max_gap: int = 60,
-                 max_pending: int = 200_000) -> None:
+                 max_pending: int = 200_000, max_regions: int = 5_000) -> None:
         self.ctr_timeout_ms = ctr_timeout_ms
         self.bucket_ms = bucket_ms
         self.max_gap = max_gap
         self.max_pending = max_pending
+        self.max_regions = max_regions
         self.clock = 0
         self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # search_id -> [region, ts, clicked]
-        self._buckets: dict[str, list[int]] = {}  # region -> [open bucket, events, purchases in it]
+        # region -> [open bucket, events, purchases in it], least recently seen first (capped)
+        self._buckets: OrderedDict[str, list[int]] = OrderedDict()
 
-    def observe(self, events: Sequence[Event]) -> list[Observation]:
-        """Observations from one batch, including searches that timed out and closed buckets."""
+    def observe(self, events: Sequence[Event], horizon: float = float("-inf")) -> list[Observation]:
+        """Observations from events in event-time order, including searches that timed out and
+        closed buckets; ``horizon`` is event time the whole stream has reached (may be later)."""
         out: list[Observation] = []
         for event in events:
             ts, region = event["ts"], event["region"]
             self.clock = max(self.clock, ts)
-            purchase = event["type"] == "purchase"
-            self._count(region, ts, purchase, out)
-            self._count(GLOBAL, ts, purchase, out)
-            for metric, value in self._values(event):
-                out.append((region, metric, value, ts))
-                out.append((GLOBAL, metric, value, ts))
+            self._count(region, ts, event["type"] == "purchase", out)
+            out.extend((region, metric, value, ts) for metric, value in self._values(event))
             self._track_search(event)
+        if horizon != float("inf"):
+            self.clock = max(self.clock, int(max(horizon, 0)))
         self._expire(out)
         closed = self.clock // self.bucket_ms - 1  # one bucket of grace for late events
         for where, (bucket, *_) in list(self._buckets.items()):
@@ -111,11 +118,15 @@ class Signals:
                 break
             del self._pending[search_id]
             out.append((region, "ctr", clicked, ts))
-            out.append((GLOBAL, "ctr", clicked, ts))
 
     def _count(self, region: str, ts: int, purchase: bool, out: list[Observation]) -> None:
         bucket = ts // self.bucket_ms
-        state = self._buckets.setdefault(region, [bucket, 0, 0])
+        state = self._buckets.get(region)
+        if state is None:
+            state = self._buckets[region] = [bucket, 0, 0]
+            if len(self._buckets) > self.max_regions:  # a flood of region codes: forget the stalest
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(region)
         if bucket > state[0]:
             self._advance(region, bucket, out)
         state[1] += 1  # late events count in the open bucket: they arrived now

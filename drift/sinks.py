@@ -26,6 +26,7 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+
 from relevo.core.keys import Keys
 from relevo.drift.alerts import Alert
 

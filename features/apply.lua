@@ -1,25 +1,30 @@
--- Apply one aggregated batch of feature updates, atomically and exactly once.
--- ARGV[1] is a JSON payload (features/batch.py, features/writer.py):
---   ids           event ids of the batch (already unique)
---   seen_keys     the dedupe buckets covering the window, newest first
---   window_s      how long the newest bucket lives
---   t_ref, defs, groups   the aggregated updates: {feature index, key, {member, value, ...}};
---                 defs are {aggregation, lambda per ms, ttl, cap}
---   clock_key, stats_key
--- If any id was applied before (a redelivery), nothing is written and the seen ids
--- are returned, so the caller can re-aggregate without them. Decayed sums use
--- forward decay against a per-key landmark (the prelude's `landmark`): pure increments.
+-- Apply one shard's aggregated feature updates, atomically and exactly once per read position.
+-- KEYS[1]: the shard's applied positions (hash: source -> "offset.index" of the last event applied)
+-- KEYS[2]: the latest event time applied in the shard (the read clock when no stream clock exists)
+-- KEYS[3..]: every key the groups touch; a decayed feature's key is followed by its landmark key.
+-- ARGV[1]: JSON {positions = {source = {first offset, first index, last offset, last index}},
+--                t_ref, defs = {{aggregation, lambda per ms, ttl, cap}},
+--                groups = {{feature index, key index into KEYS, {member, value, ...}}}}
+-- If any position was applied before (a batch read again after a crash), nothing is written and
+-- the applied positions are returned, so the writer can re-aggregate without those events.
+-- Decayed sums use forward decay against a per-key landmark (the prelude's `landmark`).
 local p = cjson.decode(ARGV[1])
 
-local found = seen_ids(p.seen_keys, p.ids)
-local seen = {}
-for id in pairs(found) do seen[#seen + 1] = id end
-if #seen > 0 then return {"seen", seen} end
-remember_ids(p.seen_keys[1], p.ids, p.window_s)
+local applied, overlap = {}, false
+for source, r in pairs(p.positions) do
+  local last = redis.call("HGET", KEYS[1], source)
+  if last then
+    applied[source] = last
+    local offset, index = string.match(last, "^(%-?%d+)%.(%d+)$")
+    offset, index = tonumber(offset), tonumber(index)
+    if offset > r[1] or (offset == r[1] and index >= r[2]) then overlap = true end
+  end
+end
+if overlap then return {"overlap", cjson.encode(applied)} end
 
 local t_ref = p.t_ref
 for _, g in ipairs(p.groups) do
-  local d, key, flat = p.defs[g[1]], g[2], g[3]
+  local d, key, flat = p.defs[g[1]], KEYS[g[2]], g[3]
   local agg, ttl, cap = d[1], d[3], d[4]
   if agg == "decayed" then
     local lambda = d[2]
@@ -46,8 +51,10 @@ for _, g in ipairs(p.groups) do
   redis.call("EXPIRE", key, ttl)
 end
 
-if t_ref > (tonumber(redis.call("GET", p.clock_key)) or 0) then
-  redis.call("SET", p.clock_key, t_ref)
+for source, r in pairs(p.positions) do
+  redis.call("HSET", KEYS[1], source, string.format("%d.%d", r[3], r[4]))
 end
-redis.call("HINCRBY", p.stats_key, "events_applied", #p.ids)
-return {"applied", #p.ids}
+if t_ref > (tonumber(redis.call("GET", KEYS[2])) or 0) then
+  redis.call("SET", KEYS[2], t_ref)
+end
+return {"applied"}

@@ -11,9 +11,9 @@ key's landmark, which is the same sum as applying each event on its own.
 >>> b.decayed(REGION_ACTIVITY, "FR", "searches", 1.0, 0)
 >>> b.decayed(REGION_ACTIVITY, "FR", "searches", 1.0, 86_400_000)  # one half-life later
 >>> b.count(ITEM_COUNTS, "i1", "clicks", 2)
->>> p = b.payload(Keys("rv"))
->>> p["t_ref"], p["groups"][1][1:]
-(86400000, ['rv:region:FR:activity', ['searches', 1.5]])
+>>> rows = [row for shard in b.by_shard(Keys("rv")).values() for row in shard]
+>>> b.t_ref, [row[1:] for row in rows if "activity" in row[1]]
+(86400000, [['rv:{10}:region:FR:activity', ['searches', 1.5]]])
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from relevo.core.decay import factor, rate_per_ms
 from relevo.core.keys import Keys
 from relevo.features.definitions import FEATURES, Feature
 
-INDEX = {f: i + 1 for i, f in enumerate(FEATURES)}  # Lua tables count from 1
+INDEX = {f: i for i, f in enumerate(FEATURES)}
 DEFS = [[f.aggregation, rate_per_ms(f.half_life_s) if f.half_life_s else 0, f.ttl_s, f.max_members or 0]
         for f in FEATURES]
 
@@ -72,13 +72,14 @@ class BatchUpdate:
             group[member] = group.get(member, 0.0) + value
         self._decayed.clear()
 
-    def payload(self, keys: Keys) -> dict[str, object]:
-        """The update part of the Lua payload: ``[feature index, key, [member, value, ...]]`` rows."""
+    def by_shard(self, keys: Keys) -> dict[int, list[list[object]]]:
+        """The updates as ``[feature index (0-based), key, [member, value, ...]]`` rows, per key shard."""
         self._fold()
-        rows = []
+        shards: dict[int, list[list[object]]] = {}
         for (feature, entity_id), members in self.groups.items():
             flat: list[object] = []
             for member, value in members.items():
                 flat += (member, value)
-            rows.append([INDEX[feature], keys.entity(feature.entity, entity_id, feature.name), flat])
-        return {"t_ref": self.t_ref, "defs": DEFS, "groups": rows}
+            key = keys.entity(feature.entity, entity_id, feature.name)
+            shards.setdefault(Keys.shard(key), []).append([INDEX[feature], key, flat])
+        return shards

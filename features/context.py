@@ -1,8 +1,11 @@
 """Point-in-time ranking features from a small in-process view of the stream.
 
 ``ContextState`` remembers what each session touched (when, how often, how
-strongly), decayed item popularity per region and overall, and each user's
-history. ``features(search)`` turns a result list into one feature row per
+strongly), each user's history, and per region its items' decayed popularity,
+impressions, clicks and last prices. Every statistic is about a session, a user or a
+region, so a state fed one region partition's events (``relevo.streams.regions``) is
+the same whichever worker read which user: the examples builder and serving each keep
+one per partition. ``features(search)`` turns a result list into one feature row per
 item *as of now*; callers take that snapshot before they ``observe`` the
 events that follow the search, so an example never sees its own outcome.
 
@@ -35,7 +38,7 @@ FEATURES = (
     "position_inverse", "position_fraction", "price_rank", "price_vs_median",
     "touched", "touch_count", "touch_recency", "last_touched", "touch_freshness", "touch_grade",
     "after_last_touched", "offset_from_last_touched", "list_has_touched",
-    "region_popularity", "region_popularity_rank", "global_popularity", "user_affinity",
+    "region_popularity", "region_popularity_rank", "user_affinity",
     "session_breadth", "list_length",
     "session_shown", "session_clicks", "last_clicked", "item_ctr", "item_impressions",
     "last_touched_position", "touch_age", "session_rule",
@@ -92,10 +95,28 @@ class DecayedCounts:
         return value if ts <= at else value * factor(ts - at, self.half_life_ms / 1000)
 
 
+@dataclass
+class RegionStats:
+    """A region's items: decayed popularity (by grade), impressions and clicks, and last prices."""
+
+    popularity: DecayedCounts
+    impressions: DecayedCounts
+    clicks: DecayedCounts
+    prices: _Lru
+
+    @classmethod
+    def new(cls, half_life_ms: float, max_items: int) -> RegionStats:
+        return cls(*(DecayedCounts(half_life_ms, max_items) for _ in range(3)), _Lru(max_items))
+
+    def remember_price(self, item: str, price: float) -> None:
+        self.prices.touch(item, float)
+        self.prices[item] = price
+
+
 class _Lru(OrderedDict):
     """An OrderedDict that forgets its least recently touched keys beyond ``limit``."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = 0) -> None:  # the default lets pickle rebuild it (limit comes back with it)
         super().__init__()
         self.limit = limit
 
@@ -121,64 +142,61 @@ class ContextState:
     """Session, user and popularity state, updated from the stream in event-time order."""
 
     def __init__(self, popularity_half_life_s: float = 6 * 3600, freshness_s: float = 600,
-                 max_sessions: int = 100_000, max_users: int = 100_000, max_prices: int = 500_000) -> None:
+                 max_sessions: int = 100_000, max_users: int = 100_000, max_regions: int = 1_000,
+                 max_items_per_region: int = 100_000) -> None:
         self.freshness_ms = freshness_s * 1000
         self.sessions: _Lru = _Lru(max_sessions)
         self.users: _Lru = _Lru(max_users)
-        self.prices: _Lru = _Lru(max_prices)  # last price seen per item, for lists that carry none
-        self.regions: dict[str, DecayedCounts] = {}
-        self.popularity = DecayedCounts(popularity_half_life_s * 1000)
-        self.impressions = DecayedCounts(popularity_half_life_s * 1000)
-        self.clicks = DecayedCounts(popularity_half_life_s * 1000)
+        self.regions: _Lru = _Lru(max_regions)  # region -> RegionStats
         self._half_life_ms = popularity_half_life_s * 1000
+        self._max_items = max_items_per_region
+
+    def _region(self, region: str) -> RegionStats:
+        return self.regions.touch(region, lambda: RegionStats.new(self._half_life_ms, self._max_items))
 
     def observe(self, event: dict[str, Any]) -> None:
         """Learn from a search (what was shown), a click or a purchase."""
         session: Session = self.sessions.touch(event["session_id"], Session)
         session.last_ts = event["ts"]
+        stats = self._region(event["region"])
         if event["type"] == "search":
             results = event.get("results", ())
             session.searches += len(results) > 1
             session.shown.update(results)
             for item in results:
-                self.impressions.add(item, event["ts"])
+                stats.impressions.add(item, event["ts"])
             for item, price in zip(results, event.get("prices") or (), strict=False):
-                self._remember_price(item, price)
+                stats.remember_price(item, price)
             if len(results) == 1 and event.get("query"):  # a search naming one item: the user asked for it
                 session.searched[results[0]] = event["ts"]
             return
         item, ts = event["item_id"], event["ts"]
         if event.get("price"):
-            self._remember_price(item, event["price"])
-        if self.prices.get(item):
-            session.log_prices = [*session.log_prices[-19:], math.log(self.prices[item])]
+            stats.remember_price(item, event["price"])
+        if stats.prices.get(item):
+            session.log_prices = [*session.log_prices[-19:], math.log(stats.prices[item])]
         grade = GRADES[event.get("kind", "click") if event["type"] == "click" else "purchase"]
         touch = session.touches.setdefault(item, Touch(ts, 0, grade))
         touch.last_ts, touch.count, touch.grade = max(ts, touch.last_ts), touch.count + 1, max(grade, touch.grade)
         if grade >= GRADES["click"]:
             touch.clicks += 1
             session.last_click = item
-            self.clicks.add(item, ts)
+            stats.clicks.add(item, ts)
         history = self.users.touch(event["user_id"], dict)
         history[item] = history.get(item, 0) + grade
-        region = self.regions.setdefault(event["region"], DecayedCounts(self._half_life_ms))
-        region.add(item, ts, grade)
-        self.popularity.add(item, ts, grade)
-
-    def _remember_price(self, item: str, price: float) -> None:
-        self.prices.touch(item, float)
-        self.prices[item] = price
+        stats.popularity.add(item, ts, grade)
 
     def session_items(self, session_id: str) -> list[str]:
         """Items the session touched, most recent first."""
         touches = self.sessions[session_id].touches if session_id in self.sessions else {}
         return sorted(touches, key=lambda i: touches[i].last_ts, reverse=True)
 
-    def _prices(self, items: list[str], shown: list[float] | None) -> list[float]:
+    @staticmethod
+    def _prices(items: list[str], shown: list[float] | None, stats: RegionStats | None) -> list[float]:
         """The search's own ``prices`` when it carries them, else the last price seen per item (0: unknown)."""
         if shown and len(shown) == len(items):
             return shown
-        return [self.prices.get(item, 0.0) for item in items]
+        return [stats.prices.get(item, 0.0) if stats else 0.0 for item in items]
 
     @staticmethod
     def _price_features(prices: list[float]) -> tuple[list[float], list[float]]:
@@ -200,16 +218,16 @@ class ContextState:
         recency = {item: rank for rank, item in enumerate(self.session_items(search["session_id"]))}
         touched_here = [p for p, item in enumerate(items) if item in touches]
         last_pos = min(touched_here, key=lambda p: recency[items[p]]) if touched_here else None
-        prices = self._prices(items, search.get("prices"))
+        stats = self.regions.get(search["region"])
+        prices = self._prices(items, search.get("prices"), stats)
         price_rank, price_gap = self._price_features(prices)
         session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
         idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
         context = [idle, math.log1p(session.searches), float(search.get("device") == "mobile"),
                    math.log1p(len(search.get("filters") or ()))]
-        region = self.regions.get(search["region"])
-        region_pop = [region.get(i, ts) if region else 0.0 for i in items]
+        region_pop = [stats.popularity.get(i, ts) if stats else 0.0 for i in items]
         region_rank = _rank_fraction([-p for p in region_pop])
-        impressions = [self.impressions.get(item, ts) for item in items]
+        impressions = [stats.impressions.get(item, ts) if stats else 0.0 for item in items]
         user = self.users.get(search["user_id"], {})
         last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
         by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
@@ -230,13 +248,12 @@ class ContextState:
                 offset,
                 float(last_pos is not None),
                 math.log1p(region_pop[p]), 1.0 - region_rank[p],
-                math.log1p(self.popularity.get(item, ts)),
                 math.log1p(user.get(item, 0)),
                 math.log1p(len(touches)), n / 25,
                 math.log1p(session.shown[item]),
                 math.log1p(touch.clicks) if touch else 0.0,
                 float(item == session.last_click),
-                (self.clicks.get(item, ts) + 0.1) / (impressions[p] + 1.0),
+                ((stats.clicks.get(item, ts) if stats else 0.0) + 0.1) / (impressions[p] + 1.0),
                 math.log1p(impressions[p]),
                 0.0 if last_pos is None else last_pos / max(n, 1),
                 math.log1p(max(0, ts - touch.last_ts) / 1000) / 10 if touch else 0.0,

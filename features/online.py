@@ -1,7 +1,10 @@
 """The read path of the online store: features as of the stream clock.
 
-Reads turn forward-decayed sums back into values as of the stream clock (the
-latest event time applied), so a replay of old data reads as it did at the time.
+Reads turn forward-decayed sums back into values as of the stream clock: the event
+time every source has reached, which the region stream publishes (one event with a
+wild timestamp cannot move it). Where no worker publishes it (a writer used on its
+own), the latest event time any shard applied stands in. A replay of old data reads
+as it did at the time.
 ``features.writer`` keeps them.
 """
 
@@ -10,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from relevo.core.decay import factor
-from relevo.core.keys import Keys
+from relevo.core.keys import SHARDS, Keys
 from relevo.features.definitions import (
     ITEM_COUNTS,
     REGION_ACTIVITY,
@@ -81,7 +85,17 @@ class OnlineStore:
         self.redis, self.keys = redis, keys
 
     async def clock(self) -> int:
-        return int(await self.redis.get(self.keys.clock) or 0)
+        return await self._as_of(await self.redis.get(self.keys.clock))
+
+    async def _as_of(self, clock: bytes | None) -> int:
+        """The stream clock, else (no worker publishes one) the latest event time a shard applied."""
+        if clock is not None:
+            return int(clock)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(SHARDS):
+                pipe.get(self.keys.in_shard(shard, "latest"))
+            latest = await pipe.execute()
+        return max((int(float(v)) for v in latest if v is not None), default=0)
 
     def _queue_decayed(self, pipe: Any, feature: Feature, entity_id: str, top: int = TOP_N) -> None:
         key = self.keys.entity(feature.entity, entity_id, feature.name)
@@ -101,7 +115,7 @@ class OnlineStore:
             for f in latest:
                 self._queue_latest(pipe, f, user_id)
             res = await pipe.execute()
-        as_of = as_of or int(res[0] or 0)
+        as_of = as_of or await self._as_of(res[0])
         values = {f.name: _decayed(res[1 + 2 * i], res[2 + 2 * i], f, as_of) for i, f in enumerate(decayed)}
         recent_items, recent_queries, sessions = (_members(r) for r in res[1 + 2 * len(decayed):])
         if not (values["regions"] or recent_items or sessions):
@@ -131,7 +145,7 @@ class OnlineStore:
             for f in decayed:
                 self._queue_decayed(pipe, f, region)
             res = await pipe.execute()
-        as_of = as_of or int(res[0] or 0)
+        as_of = as_of or await self._as_of(res[0])
         items, queries, categories, activity = (
             _decayed(res[1 + 2 * i], res[2 + 2 * i], f, as_of) for i, f in enumerate(decayed))
         if not activity:

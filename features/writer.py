@@ -1,8 +1,20 @@
-"""The write path of the online store: a batch of events becomes one Lua call in Redis.
+"""The write path of the online store: a batch of events becomes one script call per key shard.
 
-Writes go through one Lua script per batch (``apply.lua``): atomic, idempotent
-per event id, and one round trip however many events the batch holds.
-``features.online`` reads them back.
+Exactly once, in two steps that survive a crash between them and work on Redis Cluster
+(every script declares its keys and touches one shard's slot):
+
+1. **claim** (``claim.lua``, per shard of the event ids): each event id is claimed for the
+   position it was read at (``topic:partition@offset.index``). An id claimed at another
+   position, or claimed before by an event with no position, is a duplicate the shop
+   sent twice, and is skipped.
+2. **apply** (``apply.lua``, per shard of the entity keys): the batch's updates,
+   aggregated per (key, member), applied atomically together with the positions they
+   came from. A shard that has already applied some of those positions (a batch read
+   again after a crash) writes nothing and says what it has; the writer drops those
+   events for that shard and applies the rest.
+
+So a worker killed at any point and restarted leaves every feature as if each event had
+been applied once. ``relevo.features.online`` reads them back.
 """
 
 from __future__ import annotations
@@ -13,82 +25,137 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
-from relevo.core.keys import Keys, dedupe_buckets
+from redis.asyncio.cluster import RedisCluster
+
+from relevo.core.keys import Keys, dedupe_buckets, shard_of
 from relevo.core.lua import script
-from relevo.features.batch import BatchUpdate
+from relevo.features.batch import DEFS, BatchUpdate
+from relevo.features.definitions import FEATURES
 from relevo.features.updates import apply_event
 from relevo.streams.events import Event
+from relevo.streams.eventtime import POSITION, SOURCE
 
+CLAIM_LUA = script(__package__, "claim.lua")
 APPLY_LUA = script(__package__, "apply.lua")
+Redis = aioredis.Redis | RedisCluster
+
+
+def position(event: Event) -> str:
+    """Where an event was read (``""`` for one that did not come from a topic)."""
+    if SOURCE not in event:
+        return ""
+    offset, index = event[POSITION]
+    return f"{event[SOURCE]}@{offset}.{index}"
+
+
+def _positions(events: Sequence[Event]) -> dict[str, list[int]]:
+    """Per source, the first and last position among ``events``: ``[offset, index, offset, index]``."""
+    spans: dict[str, list[int]] = {}
+    for event in events:
+        if SOURCE in event:
+            offset, index = event[POSITION]
+            span = spans.get(event[SOURCE])
+            if span is None:
+                spans[event[SOURCE]] = [offset, index, offset, index]
+            else:
+                span[:2] = min(span[:2], [offset, index])
+                span[2:] = max(span[2:], [offset, index])
+    return spans
+
+
+def _after(event: Event, applied: dict[str, str]) -> bool:
+    """Whether ``event`` comes after what its source has applied (events with no source always do)."""
+    last = applied.get(event.get(SOURCE, ""))
+    if last is None:
+        return True
+    offset, index = (int(part) for part in last.split("."))
+    return tuple(event[POSITION]) > (offset, index)
 
 
 class FeatureWriter:
-    """The features processor: a batch of events becomes one atomic, idempotent Redis script call."""
+    """The features processor: claims, then one atomic, idempotent script call per key shard."""
 
     name = "features"
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, dedupe_window_s: int = 3600,
+    def __init__(self, redis: Redis, keys: Keys, dedupe_window_s: int = 3600,
                  max_events_per_call: int = 2000) -> None:
         self.redis, self.keys, self.window_s = redis, keys, dedupe_window_s
         self.max_events = max_events_per_call  # bounds how long Redis is busy with one script
-        self._sha: str | None = None
-
-    def payload(self, events: Sequence[Event], now_s: float) -> bytes:
-        batch = BatchUpdate()
-        for event in events:
-            apply_event(event, batch)
-        seen_keys, window_s = dedupe_buckets(self.keys.seen, self.window_s, now_s)
-        return orjson.dumps({**batch.payload(self.keys), "ids": [e["event_id"] for e in events],
-                             "seen_keys": seen_keys, "window_s": window_s,
-                             "clock_key": self.keys.clock, "stats_key": self.keys.stats})
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._apply = redis.register_script(APPLY_LUA)
 
     async def process(self, events: Sequence[Event]) -> None:
-        # Redis runs one chunk's script while Python aggregates the next: the request is
-        # written before the next payload is built and its answer read after.
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            sent: tuple[list[Event], int] | None = None
-            for start in range(0, len(events), self.max_events):
-                chunk = events[start:start + self.max_events]
-                unique = list({e["event_id"]: e for e in reversed(chunk)}.values())[::-1]
-                payload = self.payload(unique, time.time())
-                if sent is not None:
-                    await self._finish(conn, *sent)
-                await self._send(conn, payload)
-                sent = (unique, len(chunk) - len(unique))
-            if sent is not None:
-                await self._finish(conn, *sent)
-        finally:
-            await pool.release(conn)
+        for start in range(0, len(events), self.max_events):
+            await self._write(events[start:start + self.max_events])
 
-    async def _send(self, conn: Any, payload: bytes) -> None:
-        if self._sha is None:
-            self._sha = await self.redis.script_load(APPLY_LUA)
-        await conn.send_command("EVALSHA", self._sha, 0, payload)
+    async def _write(self, chunk: Sequence[Event]) -> None:
+        unique = list({e["event_id"]: e for e in reversed(chunk)}.values())[::-1]  # the first of each id
+        duplicates = await self._claims(unique, repeated=len(chunk) - len(unique))
+        fresh = [e for e in unique if e["event_id"] not in duplicates]
+        if fresh:
+            await self._apply_all(fresh)
 
-    async def _finish(self, conn: Any, unique: list[Event], duplicates: int) -> None:
-        """Read the answer to the chunk sent last; re-apply without ids Redis had already seen."""
-        while True:
-            try:
-                status, detail = await conn.read_response()
-            except ResponseError as exc:
-                if "NOSCRIPT" not in str(exc):
-                    raise
-                self._sha = None  # Redis restarted and lost its script cache
-                await self._send(conn, self.payload(unique, time.time()))
-                continue
-            if status == b"applied":
-                break
-            seen = {s.decode() for s in detail}  # a redelivery: apply only what is new
-            duplicates += len(seen)
-            unique = [e for e in unique if e["event_id"] not in seen]
-            if not unique:
-                break
-            await self._send(conn, self.payload(unique, time.time()))
-        if duplicates:
-            await self.redis.hincrby(self.keys.stats, "events_duplicate", duplicates)
+    async def _calls(self, calls: list[tuple[Any, list[str], bytes]]) -> list[Any]:
+        """Run script calls (each within one shard) in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call, keys, payload in calls:
+                await call(keys=keys, args=[payload], client=pipe)
+            return await pipe.execute()
+
+    async def _claims(self, events: Sequence[Event], repeated: int) -> set[str]:
+        by_shard: dict[int, list[list[str]]] = {}
+        for event in events:
+            by_shard.setdefault(shard_of(event["event_id"]), []).append([event["event_id"], position(event)])
+        now = time.time()
+        calls = []
+        for shard, ids in by_shard.items():
+            buckets, ttl = dedupe_buckets(self.keys.in_shard(shard, "seen"), self.window_s, now)
+            calls.append((self._claim, [*buckets, self.keys.in_shard(shard, "counts")],
+                          orjson.dumps({"ids": ids, "ttl": ttl})))
+        results = await self._calls(calls)
+        if repeated:  # the same id twice within one batch: the later ones are duplicates
+            await self.redis.hincrby(self.keys.in_shard(0, "counts"), "events_duplicate", repeated)
+        return {d.decode() for found in results for d in found}
+
+    def _call(self, shard: int, rows: list[list[Any]], events: Sequence[Event], t_ref: int
+              ) -> tuple[Any, list[str], bytes]:
+        keys = [self.keys.in_shard(shard, "applied"), self.keys.in_shard(shard, "latest")]
+        groups = []
+        for index, key, flat in rows:
+            groups.append([index + 1, len(keys) + 1, flat])  # Lua counts from 1
+            keys.append(key)
+            if FEATURES[index].aggregation == "decayed":
+                keys.append(key + "~L")
+        payload = {"positions": _positions(events), "t_ref": t_ref, "defs": DEFS, "groups": groups}
+        return self._apply, keys, orjson.dumps(payload)
+
+    async def _apply_all(self, events: Sequence[Event]) -> None:
+        batch = _aggregate(events)
+        # shard -> (its rows, the events they came from, the time their decayed values are relative to)
+        pending = {shard: (rows, events, batch.t_ref) for shard, rows in batch.by_shard(self.keys).items()}
+        while pending:
+            shards = list(pending)
+            results = await self._calls([self._call(shard, *pending[shard]) for shard in shards])
+            retry = {}
+            for shard, result in zip(shards, results, strict=True):
+                if result[0] == b"overlap":  # read again after a crash: apply only what this shard lacks
+                    applied = orjson.loads(result[1])
+                    rest = [e for e in pending[shard][1] if _after(e, applied)]
+                    again = _aggregate(rest)
+                    rows = again.by_shard(self.keys).get(shard)
+                    if rows:
+                        retry[shard] = (rows, rest, again.t_ref)
+            pending = retry
+
+    async def tick(self) -> None:
+        """Nothing happens between batches."""
 
     async def close(self) -> None:
         """Nothing is buffered: every batch is in Redis when ``process`` returns."""
+
+
+def _aggregate(events: Sequence[Event]) -> BatchUpdate:
+    batch = BatchUpdate()
+    for event in events:
+        apply_event(event, batch)
+    return batch

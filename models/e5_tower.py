@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from relevo.models.lora import LoraQueryTower
-from relevo.models.ranker import device as default_device
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
+
+from relevo.models.lora import LoraQueryTower
+from relevo.models.ranker import device as default_device
 
 log = logging.getLogger(__name__)
 

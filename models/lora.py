@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from relevo.models.ranker import device as default_device
 from torch import nn
 from transformers import BertConfig, BertModel
+
+from relevo.models.ranker import device as default_device
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 _WORD = re.compile(r"\w+", re.UNICODE)

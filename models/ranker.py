@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from relevo.features.context import FEATURES, RULE
 from torch import nn
+
+from relevo.features.context import FEATURES, RULE
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 # Which features, in which order, a model was trained on: a model is only ever fed the same set.

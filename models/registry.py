@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from relevo.models.ranker import FEATURE_SET, Ranker, RankerConfig
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,9 @@
 The first stage (retrieval and ``FirstRanker``) decides what is relevant to the
 query; the serving version of the learned ranker then orders its top ``depth``
 results for this user, session and region. It sees the same point-in-time
-features the examples builder computed for training (``ContextState``, fed
-from the event topics on every serving replica), with the first stage's order
+features the examples builder computed for training (the region's
+``ContextState``, which every serving replica follows from the region stream,
+``relevo.models.examples.RegionContexts``), with the first stage's order
 as the position shown, so what it learned from logged result lists applies.
 Before any version is published the first stage's order stands.
 
@@ -14,7 +15,7 @@ Before any version is published the first stage's order stands.
 >>> registry = Registry(tempfile.mkdtemp())
 >>> state = ContextState()
 >>> live = LiveModel(registry)
->>> reranker = LearnedReranker(live, state)
+>>> reranker = LearnedReranker(live, lambda region: state)
 >>> first = [{"item_id": "a", "price": 30.0, "explanation": {}}, {"item_id": "b", "price": 20.0, "explanation": {}}]
 >>> search = {"ts": 2_000, "session_id": "s", "user_id": "u", "region": "FR"}
 >>> [r["item_id"] for r in reranker.rerank(first, search)]  # no model yet: the first stage's order
@@ -33,6 +34,7 @@ True
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from relevo.features.context import ContextState
@@ -42,8 +44,8 @@ from relevo.models.live import LiveModel
 class LearnedReranker:
     """Orders the top ``depth`` first-stage results by the serving model's scores."""
 
-    def __init__(self, live: LiveModel, state: ContextState, depth: int = 50) -> None:
-        self.live, self.state, self.depth = live, state, depth
+    def __init__(self, live: LiveModel, contexts: Callable[[str], ContextState], depth: int = 50) -> None:
+        self.live, self.contexts, self.depth = live, contexts, depth
 
     def rerank(self, results: list[dict[str, Any]], search: dict[str, Any]) -> list[dict[str, Any]]:
         """``results`` (dicts with ``item_id``, ``price``, ``explanation``), best first, re-ordered.
@@ -59,7 +61,7 @@ class LearnedReranker:
                  "results": [r["item_id"] for r in head],
                  "prices": [r.get("price") or 0.0 for r in head]}
         scores = serving.model.scores({**shown, "items": shown["results"],
-                                       "features": self.state.features(shown)}).tolist()
+                                       "features": self.contexts(shown["region"]).features(shown)}).tolist()
         for position, (result, score) in enumerate(zip(head, scores, strict=True)):
             result["explanation"] = {**result.get("explanation", {}), "learned": {
                 "model_version": serving.version, "score": round(score, 4), "first_stage_position": position}}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from relevo.features.context import RULE
 from relevo.models.metrics import evaluate
 from relevo.models.ranker import Ranker, RankerConfig, collate, device, listwise_loss

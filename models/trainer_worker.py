@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from relevo.core.settings import Settings
 from relevo.models.trainer import Trainer, UpdateReport
 from relevo.streams.topics import MODEL_UPDATES, TRAIN_BATCHES, ensure_topics

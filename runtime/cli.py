@@ -96,6 +96,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     import torch
+
     from relevo.models.registry import Registry
     from relevo.models.trainer import Trainer
     from relevo.models.trainer_worker import registry_dir, run_trainer
@@ -138,12 +139,13 @@ def cmd_suggest(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _suggestion_table(settings: Settings, prefixes: Sequence[str], regions: Sequence[str | None],
                             user_id: str | None, k: int) -> str:
-    import redis.asyncio as aioredis
+
     from relevo.core.keys import Keys
+    from relevo.core.redis import connect
     from relevo.suggestions.config import SuggestConfig
     from relevo.suggestions.service import SuggestService
 
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         service = SuggestService(redis, Keys(settings.key_prefix), SuggestConfig.from_settings(settings))
         lines = ["| prefix | region | suggestions |", "|---|---|---|"]

@@ -19,6 +19,8 @@ from collections import Counter
 from typing import Any
 
 import httpx
+
+from relevo.core.redis import connect
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.stats import read_stats
 from relevo.runtime.processes import Runtime
@@ -144,10 +146,10 @@ async def _send(settings: Settings, events: list[dict[str, Any]], speed: float |
 
 async def _wait_and_summarise(runtime: Runtime, n_events: int, sent: Counter[str],
                               timeout_s: float = 300.0) -> dict[str, Any]:
-    import redis.asyncio as aioredis
+
     from relevo.core.keys import Keys
 
-    redis = aioredis.Redis.from_url(runtime.settings.redis_url)
+    redis = connect(runtime.settings.redis_url)
     keys = Keys(runtime.settings.key_prefix)
     deadline = time.monotonic() + timeout_s
     try:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import httpx
 import redis
+
 from relevo.core.keys import Keys
+from relevo.core.redis import connect_sync
 from relevo.core.settings import Settings
 from relevo.runtime.stack import EmbeddedStack, free_port
 from relevo.streams.topics import ensure_topics
@@ -115,7 +117,7 @@ class Runtime(AbstractContextManager["Runtime"]):
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url)
+        return connect_sync(self.settings.redis_url)
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         proc = spawn("worker", self.settings, self.logs / f"worker-{len(self.workers)}.log")

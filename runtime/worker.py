@@ -1,79 +1,130 @@
-"""A stream worker: the Faust app with the processors ``RELEVO_PROCESSORS`` names.
+"""A stream worker: the Faust app with what ``RELEVO_PROCESSORS`` names, and the keyed stages.
 
-Each processor is plain Python over validated batches
-(``relevo.streams.processors``); this table is the one place that knows their
-constructors, so the stream side never imports what it hosts.
+Per batch of the event topics (keyed by user): ``features`` and ``suggestions`` write
+Redis, and the region forwarder re-keys every valid event by region. Per partition of
+the region stream (keyed by region, ``relevo.streams.regions``): ``drift`` (the
+regions' detectors) and ``examples`` (the learning loop's labelled lists). One global
+stage combines the region partitions' drift buckets. This table is the one place that
+knows the constructors, so the stream side never imports what it hosts.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import faust
 import redis.asyncio as aioredis
+
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
+from relevo.drift.combined import GlobalDrift
+from relevo.drift.regional import RegionalDrift
+from relevo.drift.sinks import AlertStore, MetricsSink, Sink, TopicSink, WebhookSink
 from relevo.features.writer import FeatureWriter
+from relevo.models.examples import ExamplesBuilder, record_emitter
 from relevo.streams.app import create_app
-from relevo.streams.processors import BatchProcessor, Send
-from relevo.streams.topics import DRIFT_ALERTS, TRAIN_BATCHES
+from relevo.streams.eventtime import SourceProgress
+from relevo.streams.processors import BatchProcessor
+from relevo.streams.regions import STAGE as REGIONS
+from relevo.streams.regions import RegionForwarder, RegionOperator, RegionPartition, sources
+from relevo.streams.stages import Outputs, PartitionedStage, Snapshots
+from relevo.streams.topics import BY_REGION, DRIFT_ALERTS, DRIFT_GLOBAL, TRAIN_BATCHES
+from relevo.suggestions.config import SuggestConfig
+from relevo.suggestions.processor import SuggestionUpdater
+
+BATCH_PROCESSORS = ("features", "suggestions")
+REGION_OPERATORS = ("drift", "examples")
 
 
-def _features(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
-    return FeatureWriter(redis, keys, settings.dedupe_window_s)
+def _check(settings: Settings) -> None:
+    unknown = [n for n in settings.processor_names if n not in (*BATCH_PROCESSORS, *REGION_OPERATORS)]
+    if unknown:
+        raise ValueError(f"RELEVO_PROCESSORS names unknown processors {unknown}; "
+                         f"known: {sorted((*BATCH_PROCESSORS, *REGION_OPERATORS))}")
 
 
-def _drift(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
-    from relevo.drift.monitor import DriftMonitor
-    from relevo.drift.sinks import MetricsSink, Sink, TopicSink, WebhookSink
+def build_processors(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs: Outputs,
+                     progress: SourceProgress) -> list[BatchProcessor]:
+    """What runs on each batch of the event topics, in order; the region forwarder always last."""
+    _check(settings)
+    processors: list[BatchProcessor] = []
+    for name in settings.processor_names:
+        if name == "features":
+            processors.append(FeatureWriter(redis, keys, settings.dedupe_window_s))
+        elif name == "suggestions":
+            processors.append(SuggestionUpdater(redis, keys, SuggestConfig.from_settings(settings)))
+    processors.append(RegionForwarder(outputs.sender(settings.topic(BY_REGION)), outputs.flush, settings.partitions,
+                                      progress))
+    return processors
 
-    sinks: list[Sink] = [MetricsSink(), TopicSink(send[DRIFT_ALERTS])]
+
+def _sinks(settings: Settings, outputs: Outputs) -> list[Sink]:
+    sinks: list[Sink] = [MetricsSink(), TopicSink(outputs.sender(settings.topic(DRIFT_ALERTS)))]
     if settings.alert_webhook_url:
         sinks.append(WebhookSink(settings.alert_webhook_url, timeout_s=settings.alert_webhook_timeout_s,
                                  retries=settings.alert_webhook_retries))
-    return DriftMonitor(redis, sinks, keys=keys, cooldown_ms=settings.drift_cooldown_s * 1000)
+    return sinks
 
 
-def _suggestions(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
-    from relevo.suggestions.config import SuggestConfig
-    from relevo.suggestions.processor import SuggestionUpdater
+def region_operators(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs: Outputs,
+                     sinks: list[Sink]) -> Callable[[int], list[RegionOperator]]:
+    """The operators of each region partition, from the settings."""
+    store = AlertStore(redis, keys)
+    to_global = outputs.sender(settings.topic(DRIFT_GLOBAL))
+    to_trainer = record_emitter(outputs.sender(settings.topic(TRAIN_BATCHES)))
 
-    return SuggestionUpdater(redis, keys, SuggestConfig.from_settings(settings))
-
-
-def _examples(settings: Settings, redis: aioredis.Redis, keys: Keys, send: dict[str, Send]) -> BatchProcessor:
-    from relevo.models.examples import ExamplesBuilder, record_emitter
-    from relevo.streams.follow import committed_history
-
-    async def history() -> list[dict]:
-        return await committed_history(settings, int((time.time() - settings.context_warmup_s) * 1000))
-
-    return ExamplesBuilder(record_emitter(send[TRAIN_BATCHES]), wait_s=settings.examples_wait_s,
-                           batch_size=settings.examples_batch_size, batch_age_s=settings.examples_batch_age_s,
-                           history=history)
-
-
-BUILDERS: dict[str, Callable[[Settings, aioredis.Redis, Keys, dict[str, Send]], BatchProcessor]] = {
-    "features": _features,
-    "drift": _drift,
-    "suggestions": _suggestions,
-    "examples": _examples,
-}
+    def make(partition: int) -> list[RegionOperator]:
+        operators: list[RegionOperator] = []
+        for name in settings.processor_names:
+            if name == "drift":
+                operators.append(RegionalDrift(partition, store, sinks, to_global,
+                                               cooldown_ms=settings.drift_cooldown_s * 1000))
+            elif name == "examples":
+                operators.append(ExamplesBuilder(to_trainer, wait_s=settings.examples_wait_s,
+                                                 batch_size=settings.examples_batch_size,
+                                                 batch_age_s=settings.examples_batch_age_s))
+        return operators
+    return make
 
 
-def build_processors(settings: Settings, redis: aioredis.Redis, keys: Keys,
-                     send: dict[str, Send]) -> list[BatchProcessor]:
-    """The processors named in the settings, in order; ``send`` maps topic names to producers."""
-    unknown = [n for n in settings.processor_names if n not in BUILDERS]
-    if unknown:
-        raise ValueError(f"RELEVO_PROCESSORS names unknown processors {unknown}; known: {sorted(BUILDERS)}")
-    return [BUILDERS[name](settings, redis, keys, send) for name in settings.processor_names]
+def build_stages(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs: Outputs) -> list[PartitionedStage]:
+    """The region stage (its partitions' operators) and, with drift, the global stage."""
+    sinks = _sinks(settings, outputs)
+    operators = region_operators(settings, redis, keys, outputs, sinks)
+    upstream = sources(settings)
+
+    async def publish_clock(ts: int) -> None:
+        await redis.eval(MAX_SET, 1, keys.clock, ts)
+
+    def region_partition(partition: int, dump: object | None) -> RegionPartition:
+        return RegionPartition(partition, operators(partition), upstream, idle_ms=int(settings.idle_s * 1000),
+                               dump=dump, on_clock=publish_clock)  # type: ignore[arg-type]
+
+    common = dict(bootstrap_servers=settings.kafka_bootstrap_servers, outputs=outputs,
+                  checkpoint_s=settings.checkpoint_s, session_timeout_s=settings.session_timeout_s)
+    stages = [PartitionedStage(REGIONS, topic=settings.topic(BY_REGION), group=f"{settings.app_id}-{REGIONS}",
+                               make_state=region_partition, snapshots=Snapshots(redis, keys, REGIONS), **common)]
+    if "drift" in settings.processor_names:
+        store = AlertStore(redis, keys)
+        stages.append(PartitionedStage(
+            "global", topic=settings.topic(DRIFT_GLOBAL), group=f"{settings.app_id}-global",
+            make_state=lambda _, dump: GlobalDrift(settings.partitions, store, sinks,
+                                                   cooldown_ms=settings.drift_cooldown_s * 1000, dump=dump),
+            snapshots=Snapshots(redis, keys, "global"), **common))
+    return stages
+
+
+# The stream clock only moves forward, whichever region partition publishes it.
+MAX_SET = "local c = tonumber(redis.call('GET', KEYS[1])) if not c or tonumber(ARGV[1]) > c then " \
+          "redis.call('SET', KEYS[1], ARGV[1]) end return 1"
 
 
 def run_worker(settings: Settings) -> None:
     """Run one worker process until SIGINT/SIGTERM."""
+    _check(settings)
     keys = Keys(settings.key_prefix)
-    app = create_app(settings, lambda redis, send: build_processors(settings, redis, keys, send))
+    app = create_app(settings,
+                     lambda redis, outputs, progress: build_processors(settings, redis, keys, outputs, progress),
+                     lambda redis, outputs: build_stages(settings, redis, keys, outputs))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from relevo.core.codes import canonical_locale, canonical_region
 
 log = logging.getLogger(__name__)

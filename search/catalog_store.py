@@ -14,12 +14,13 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 
+from tqdm import tqdm
+
 from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
 from relevo.search.query import QueryUnderstanding
 from relevo.search.retrieval import CatalogIndexer
 from relevo.search.service import FeatureSource, Reranker, SearchService
 from relevo.search.taxonomy import TAXONOMY, IntentClassifier, read_taxonomy
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+
 from relevo.core.text import normalize
 
 _WORD = re.compile(r"[^\W_]+")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
 from relevo.core.language import identify
 from relevo.core.text import normalize
 from relevo.search.lexical import tokens

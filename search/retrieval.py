@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+
 from relevo.search.catalog import InvalidItem, validate_item
 from relevo.search.encoder import TextEncoder
 from relevo.search.index import VectorIndex

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
 from relevo.search.locale import Translator, language_of, localized_title, price_for
 from relevo.search.query import QueryUnderstanding
 from relevo.search.retrieval import CatalogIndexer, Hit, HybridRetriever
-from threadpoolctl import ThreadpoolController
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from relevo.core.settings import SHARED_DATA
 from relevo.search.encoder import TextEncoder, unit_rows
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+
 from relevo.drift.metrics import METRICS
 from relevo.drift.sinks import AlertStore
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Iterable
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
+
+from relevo import __version__
 from relevo.core.keys import Keys
+from relevo.core.redis import connect
 from relevo.core.settings import Settings
 from relevo.drift.sinks import AlertStore
-from relevo.features.context import ContextState
 from relevo.features.online import OnlineStore
+from relevo.models.examples import RegionContexts
 from relevo.models.live import LiveModel
 from relevo.models.registry import Registry
 from relevo.models.rerank import LearnedReranker
@@ -22,14 +23,15 @@ from relevo.models.trainer_worker import registry_dir
 from relevo.search.catalog_store import CatalogConsumer, build_search_service, catalog_dir, open_catalog
 from relevo.serving import alerts, features, ingest, models, ops, search, suggest
 from relevo.streams.events import Event
-from relevo.streams.follow import follow_catalog, follow_events, follow_updates
+from relevo.streams.follow import follow_catalog, follow_updates
 from relevo.streams.lag import consumer_lag
 from relevo.streams.producer import EventProducer
+from relevo.streams.regions import STAGE as REGIONS
+from relevo.streams.regions import follow_regions, sources
+from relevo.streams.stages import Snapshots
 from relevo.streams.topics import DLQ
 from relevo.suggestions.config import SuggestConfig
 from relevo.suggestions.service import SuggestService
-
-from relevo import __version__
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,8 @@ async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> 
         return user, await state.store.region(region) if region else None
 
     catalog = await asyncio.to_thread(open_catalog, settings.data_dir)
-    reranker = LearnedReranker(state.models, state.context, settings.rerank_depth) if settings.rerank_depth else None
+    reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth)
+                if settings.rerank_depth else None)
     state.search = await asyncio.to_thread(build_search_service, catalog, features, reranker)
     log.info("search ready over %d items", len(catalog))
     await follow_catalog(CatalogConsumer(catalog, catalog_dir(settings.data_dir)), settings,
@@ -94,13 +97,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.settings, state.keys = settings, Keys(settings.key_prefix)
-        state.redis = aioredis.Redis.from_url(settings.redis_url)
+        state.redis = connect(settings.redis_url)
         state.store = OnlineStore(state.redis, state.keys)
         state.ingest = KafkaIngest(settings)
         state.lag = LagMonitor(settings)
         state.alerts = AlertStore(state.redis, state.keys)
         state.models = LiveModel(Registry(registry_dir(settings)))
-        state.context = ContextState()  # the learned ranker's view of sessions, fed by follow_events
+        # the learned ranker's view of sessions and regions: the workers' region partitions, followed
+        state.contexts = RegionContexts(settings.partitions, sources(settings), int(settings.idle_s * 1000))
         state.suggest = SuggestService(state.redis, state.keys, SuggestConfig.from_settings(settings),
                                        features=state.store)
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
@@ -108,8 +112,8 @@ def create_app(settings: Settings) -> FastAPI:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(state.lag.run()),
                  asyncio.create_task(follow_updates(state.models.refresh, settings, stop)),
-                 asyncio.create_task(follow_events(state.context.observe, settings, stop,
-                                                   since_ms=int((time.time() - settings.context_warmup_s) * 1000))),
+                 asyncio.create_task(follow_regions(settings, Snapshots(state.redis, state.keys, REGIONS),
+                                                    state.contexts.make_state, stop)),
                  asyncio.create_task(open_search(app, settings, stop))]
         try:
             yield

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
+
 from relevo.serving.auth import require_ingest_key
 from relevo.streams.events import InvalidEvent, validate
 

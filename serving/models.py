@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+
 from relevo.models.live import LiveModel
 from relevo.models.registry import CorruptModel, IncompatibleModel
 from relevo.serving.auth import require_admin_key

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
 from relevo.core.stats import FRESHNESS_BUCKETS_MS, read_stats
 
 router = APIRouter(tags=["operations"])

@@ -6,6 +6,7 @@ Reads its service from ``request.app.state.search`` (a ``relevo.search.service.S
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request
+
 from relevo.core.codes import canonical_locale, canonical_region
 
 router = APIRouter(tags=["search"])

@@ -11,6 +11,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
+
 from relevo.core.codes import MAX_LOCALE_CHARS, MAX_REGION_CHARS, canonical_locale, canonical_region
 from relevo.suggestions.ranking import Suggestion
 from relevo.suggestions.service import MAX_K, SuggestService

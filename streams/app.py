@@ -1,15 +1,17 @@
-"""The Faust app: its topics and its one agent, top to bottom.
+"""The Faust app: its topics, its one agent and the stages beside it, top to bottom.
 
 Every event topic feeds one agent, which takes records in batches (Faust's
 per-record cost is what limits a worker, so the work is done per batch) and
 hands them to the ``EventPipeline``. Scale out with partitions and worker
 processes; every update is idempotent, so at-least-once delivery is enough.
-What the pipeline runs is the caller's choice (``build_processors``; the
-worker's table is ``relevo.runtime.worker``): the stream side knows no processor.
+What the pipeline runs (``build_processors``) and which keyed stages run beside
+it (``build_stages``: the region stream, global drift) are the caller's choice;
+the worker's table is ``relevo.runtime.worker``: the stream side knows no processor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -19,17 +21,25 @@ from collections.abc import Callable
 import faust
 import redis.asyncio as aioredis
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+
 from relevo.core.keys import Keys
+from relevo.core.redis import connect
 from relevo.core.settings import Settings
 from relevo.core.stats import WorkerStats
+from relevo.streams.eventtime import SourceProgress
+from relevo.streams.lag import group_positions
 from relevo.streams.pipeline import EventPipeline, Record
-from relevo.streams.processors import BatchProcessor, Send
-from relevo.streams.topics import DLQ, DRIFT_ALERTS, TRAIN_BATCHES, event_topics
+from relevo.streams.processors import BatchProcessor
+from relevo.streams.stages import Outputs, PartitionedStage
+from relevo.streams.topics import DLQ, event_topics
 
 log = logging.getLogger(__name__)
 
-# Given the worker's Redis client and a sender per output topic, the processors to run.
-BuildProcessors = Callable[[aioredis.Redis, dict[str, Send]], list[BatchProcessor]]
+# Given the worker's Redis client, its output producer and where it stands in each source:
+# the processors of the agent's pipeline, and the keyed stages to run beside it.
+BuildProcessors = Callable[[aioredis.Redis, Outputs, SourceProgress], list[BatchProcessor]]
+BuildStages = Callable[[aioredis.Redis, Outputs], list[PartitionedStage]]
 
 
 def _fetch_max_wait(ms: int) -> None:
@@ -52,7 +62,8 @@ def _fetch_max_wait(ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_with_wait  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, build_processors: BuildProcessors) -> faust.App:
+def create_app(settings: Settings, build_processors: BuildProcessors,
+               build_stages: BuildStages | None = None) -> faust.App:
     _fetch_max_wait(settings.fetch_max_wait_ms)
     faust_dir = settings.data_dir / "faust" / settings.app_id
     faust_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
@@ -71,41 +82,64 @@ def create_app(settings: Settings, build_processors: BuildProcessors) -> faust.A
     topic_types = event_topics(settings)
     events = app.topic(*topic_types, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DLQ), key_serializer="raw", value_serializer="raw")
-    outputs = {name: app.topic(settings.topic(name), key_serializer="raw", value_serializer="raw")
-               for name in (DRIFT_ALERTS, TRAIN_BATCHES)}
 
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     keys = Keys(settings.key_prefix)
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
+    outputs = Outputs(settings.kafka_bootstrap_servers)
+    progress = SourceProgress(
+        assigned=lambda: [f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment() if tp.topic in topic_types],
+        highwater=lambda source: _highwater(app, source), max_jump_ms=settings.max_clock_jump_s * 1000)
+    pipelines: list[EventPipeline] = []
 
     @app.on_rebalance_complete.connect
     async def mark_ready(app: faust.App, **kwargs: object) -> None:
+        # Where reading resumes in each partition: a source with nothing left to read is caught up.
+        progress.start.update({s: following for s, (following, _) in (await group_positions(settings)).items()})
         # The demo and the benchmarks wait for this before they measure freshness.
         await redis.hset(keys.workers, worker_id, int(time.time() * 1000))
+
+    @app.timer(interval=1.0)
+    async def tick() -> None:
+        for pipeline in pipelines:
+            await pipeline.tick()
+
+    @app.task
+    async def run_stages() -> None:
+        stages = build_stages(redis, outputs) if build_stages else []
+        stop = asyncio.Event()
+        try:
+            await asyncio.gather(*(stage.run(stop) for stage in stages))
+        finally:
+            stop.set()
 
     async def send_dlq(value: bytes, headers: dict[str, str]) -> None:
         await dead_letters.send(value=value, headers={k: v.encode() for k, v in headers.items()})
 
     @app.agent(events)
     async def process_events(stream: faust.Stream) -> None:
-        send = {name: _sender(topic) for name, topic in outputs.items()}
-        processors = build_processors(redis, send)
+        processors = build_processors(redis, outputs, progress)
         pipeline = EventPipeline(processors, send_dlq, WorkerStats(redis, keys), topic_types,
-                                 settings.max_event_bytes)
+                                 settings.max_event_bytes, progress=progress)
+        pipelines.append(pipeline)
         log.info("worker ready: %s -> %s", ", ".join(topic_types), ", ".join(p.name for p in processors))
         try:
             async for batch in stream.take_events(settings.worker_batch, within=settings.worker_batch_wait_s):
                 await pipeline.handle([_record(event) for event in batch])
         finally:
+            pipelines.remove(pipeline)
             await pipeline.close()
+            await outputs.stop()
 
     return app
 
 
-def _sender(topic: faust.TopicT) -> Send:
-    async def send(value: bytes) -> None:
-        await topic.send(value=value)
-    return send
+def _highwater(app: faust.App, source: str) -> int | None:
+    topic, _, partition = source.rpartition(":")
+    try:
+        return app.consumer.highwater(TP(topic, int(partition)))
+    except Exception:  # not assigned (any more), or not fetched yet: unknown
+        return None
 
 
 def _record(event: faust.EventT) -> Record:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from relevo.core.codes import canonical_locale, canonical_region
 
 EVENT_TYPES = ("search", "click", "purchase")

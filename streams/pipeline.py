@@ -1,7 +1,10 @@
 """What the worker does with a batch of Kafka records, testable without Kafka.
 
 Decode and validate every record; send what fails to the dead-letter topic with
-its original bytes and the reason; hand the valid events to each processor.
+its original bytes and the reason; hand the valid events to each processor. Each
+event carries its source (topic:partition) and position (offset, index in the
+record), and the ``SourceProgress`` hears of every record and event, so event-time
+operators downstream know where each source stands.
 Input can never crash the worker. When Redis is unreachable the batch is
 retried until it lands: acknowledging it would lose events.
 """
@@ -15,14 +18,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import redis.exceptions
+
 from relevo.core.stats import WorkerStats
 from relevo.streams.events import Event, Reject, decode_record, encode
+from relevo.streams.eventtime import POSITION, SOURCE, SourceProgress
 from relevo.streams.processors import BatchProcessor
 
 log = logging.getLogger(__name__)
 
-# Transport metadata added to each event (not part of the contract): its topic and partition.
-SOURCE = "_source"
 SendDLQ = Callable[[bytes, dict[str, str]], Awaitable[None]]
 RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -43,11 +46,12 @@ class EventPipeline:
 
     def __init__(self, processors: Sequence[BatchProcessor], send_dlq: SendDLQ, stats: WorkerStats,
                  topic_types: dict[str, str], max_event_bytes: int = 64 * 1024,
-                 max_retry_wait_s: float = 5.0) -> None:
+                 max_retry_wait_s: float = 5.0, progress: SourceProgress | None = None) -> None:
         self.processors, self.send_dlq, self.stats = list(processors), send_dlq, stats
         self.topic_types, self.max_event_bytes = topic_types, max_event_bytes
         self._topic_of = {event_type: topic for topic, event_type in topic_types.items()}
         self.max_retry_wait_s = max_retry_wait_s
+        self.progress = progress
 
     async def handle(self, records: Sequence[Record]) -> list[Event]:
         events: list[Event] = []
@@ -57,8 +61,12 @@ class EventPipeline:
             valid, rejects = decode_record(record.value, self.topic_types.get(record.topic),
                                            self.max_event_bytes)
             source = f"{record.topic}:{record.partition}"  # event-time operators keep a watermark per source
-            for event in valid:
-                event[SOURCE] = source
+            for index, event in enumerate(valid):
+                event[SOURCE], event[POSITION] = source, (record.offset, index)
+            if self.progress is not None:
+                self.progress.record(source, record.offset)
+                for event in valid:
+                    self.progress.event(source, event["ts"])
             events.extend(valid)
             per_topic[record.topic] += len(valid)
             for reject in rejects:
@@ -93,6 +101,11 @@ class EventPipeline:
                 log.warning("store unavailable (%s); retrying in %.1fs", exc, wait)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.max_retry_wait_s)
+
+    async def tick(self) -> None:
+        """Every second, batches or not: processors that report on time (the region stream's marks)."""
+        for processor in self.processors:
+            await self._retrying(processor.tick)
 
     async def close(self) -> None:
         for processor in self.processors:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from relevo.streams.events import Event
 
-Send = Callable[[bytes], Awaitable[object]]  # writes one record to an output topic
+Send = Callable[..., Awaitable[object]]  # writes one record to an output topic: (value, partition=None)
 
 
 class BatchProcessor(Protocol):
@@ -22,6 +22,9 @@ class BatchProcessor(Protocol):
 
     async def process(self, events: Sequence[Event]) -> None:
         """Apply a batch. Must be idempotent per ``event_id``: batches are redelivered after a crash."""
+
+    async def tick(self) -> None:
+        """Called about once a second, batches or not (most processors have nothing to do)."""
 
     async def close(self) -> None:
         """Flush and release resources when the worker stops."""

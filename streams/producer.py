@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
+
 from relevo.streams.events import Event
 from relevo.streams.topics import event_topic
 

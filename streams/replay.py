@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
+from tqdm import tqdm
+
 from relevo.core.settings import Settings
 from relevo.streams.events import Event
 from relevo.streams.producer import EventProducer
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

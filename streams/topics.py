@@ -6,6 +6,7 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
 from relevo.core.settings import Settings
 from relevo.streams.events import EVENT_TYPES
 
@@ -16,6 +17,9 @@ CATALOG = "catalog.items"
 TRAIN_BATCHES = "train.batches"
 MODEL_UPDATES = "model.updates"
 DRIFT_ALERTS = "drift.alerts"
+BY_REGION = "events.by_region"  # every valid event again, keyed by region (relevo.streams.regions)
+DRIFT_GLOBAL = "drift.global"  # the region partitions' minute buckets, combined by one global stage
+SINGLE_PARTITION = (DRIFT_GLOBAL,)
 
 
 def event_topic(event_type: str, prefix: str = "") -> str:
@@ -28,9 +32,12 @@ def event_topics(settings: Settings) -> dict[str, str]:
     return {event_topic(t, settings.topic_prefix): t for t in EVENT_TYPES}
 
 
-def all_topics(settings: Settings) -> list[str]:
-    return [*event_topics(settings), *(settings.topic(n) for n in (DLQ, CATALOG, TRAIN_BATCHES, MODEL_UPDATES,
-                                                                     DRIFT_ALERTS))]
+def all_topics(settings: Settings) -> dict[str, int]:
+    """Every topic Relevo uses, with its partition count."""
+    names = [*event_topics(settings), *(settings.topic(n) for n in (DLQ, CATALOG, TRAIN_BATCHES, MODEL_UPDATES,
+                                                                      DRIFT_ALERTS, BY_REGION, DRIFT_GLOBAL))]
+    single = {settings.topic(n) for n in SINGLE_PARTITION}
+    return {name: 1 if name in single else settings.partitions for name in names}
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -39,7 +46,7 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(name, settings.partitions, 1) for name in all_topics(settings)
+        wanted = [NewTopic(name, partitions, 1) for name, partitions in all_topics(settings).items()
                   if name not in existing]
         if wanted:
             try:

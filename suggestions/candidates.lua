@@ -1,12 +1,13 @@
 -- Read the candidates for one prefix with every signal the ranker needs, in one round trip.
+-- KEYS[1] is the shard's base name: every key read starts with it (one hash tag, one slot).
 -- ARGV[1] is a JSON payload (see suggestions/store.py: SuggestionStore.candidates):
---   base, lambda_long, lambda_short (per ms), scopes ({key part, has short index}, e.g. {"r:FR", 1}),
+--   lambda_long, lambda_short (per ms), scopes ({key part, has short index}, e.g. {"r:FR", 1}),
 --   prefix_key (safe id of the prefix), prefix (normalised text), user (safe id or ""),
 --   n (candidates per source), categories (true to return each candidate's category counts)
 -- Returns JSON {clock, rows}: row = {query, text, support, long (and short) per scope, user, categories}.
 -- Values are decayed to the stream clock, so they read as counts "now" in event time.
 local p = cjson.decode(ARGV[1])
-local base = p.base
+local base = KEYS[1]
 local clock = tonumber(redis.call("GET", base .. ":clock"))
 if not clock then return cjson.encode({clock = 0, rows = {}}) end
 

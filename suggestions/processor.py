@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+
 from relevo.core.keys import Keys
 from relevo.streams.events import Event
 from relevo.suggestions.config import DEFAULT_CONFIG, SuggestConfig
@@ -82,6 +83,9 @@ class SuggestionUpdater:
             if update.search_id:
                 self._remember(update.search_id, update)
         log.debug("learned %d query events from a batch of %d", len(updates), len(events))
+
+    async def tick(self) -> None:
+        """Nothing happens between batches."""
 
     async def close(self) -> None:
         """Nothing is buffered: every batch is in Redis when ``process`` returns."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+
 from relevo.core.keys import Keys
 from relevo.core.text import normalize
 from relevo.suggestions.config import DEFAULT_CONFIG, SuggestConfig

@@ -1,6 +1,8 @@
 """The suggestion index in Redis: decayed query counts per scope under every prefix.
 
-Layout, under ``{prefix}:sugg``:
+Layout, under ``{prefix}:{shard}:sugg`` (a shard holds the queries that start with the
+same character: every key one query's update or one prefix's read touches shares the
+shard's hash tag, so each script call stays in one Redis Cluster slot):
 
 - ``:sup`` — every query seen, scored by its decayed count of distinct sessions
   (the support); capped at ``max_queries``.
@@ -11,13 +13,13 @@ Layout, under ``{prefix}:sugg``:
 - ``:u:{user}`` — the user's own queries; ``:qc:{digest}`` — categories clicked
   after a query; ``:d:{digest}`` — the query as last typed, for display;
   ``:sq:…`` — one count per (session, query); ``:seen:b{n}`` — event ids applied
-  in time bucket n (wall clock, ``dedupe_window_s`` over ``DEDUPE_BUCKETS``);
-  ``:s:{search_id}`` — a search remembered for the clicks that follow it.
+  in time bucket n (wall clock, ``dedupe_window_s`` over ``DEDUPE_BUCKETS``).
+
+A search is remembered for the clicks that follow it under ``{prefix}:{shard of its
+id}:sugg:s:{search_id}`` (a click knows its search's id, not its query).
 
 Each decayed set carries its forward-decay landmark in ``{key}~L``. Writes are one
-Lua call per batch (``update.lua``); a read is one Lua call (``candidates.lua``).
-The scripts build key names from this layout, so the index lives on one Redis
-node (not a cluster).
+Lua call per shard and batch (``update.lua``); a read is one Lua call (``candidates.lua``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from dataclasses import asdict, dataclass
 
 import orjson
 import redis.asyncio as aioredis
+
 from relevo.core.decay import rate_per_ms
-from relevo.core.keys import Keys, dedupe_buckets, safe_id
+from relevo.core.keys import Keys, dedupe_buckets, safe_id, shard_of
 from relevo.core.lua import script
 from relevo.suggestions.config import DEFAULT_CONFIG, SuggestConfig
 from relevo.suggestions.ranking import Candidate
@@ -81,29 +84,31 @@ class SuggestionStore:
 
     def __init__(self, redis: aioredis.Redis, keys: Keys = DEFAULT_KEYS,
                  config: SuggestConfig = DEFAULT_CONFIG) -> None:
-        self.redis, self.config = redis, config
-        self.base = f"{keys.prefix}:sugg"
+        self.redis, self.config, self.keys = redis, config, keys
         self._update = redis.register_script(UPDATE_LUA)
         self._candidates = redis.register_script(CANDIDATES_LUA)
         self._lambda_long = rate_per_ms(config.long_half_life_s)
         self._lambda_short = rate_per_ms(config.short_half_life_s)
 
-    def search_key(self, search_id: str) -> str:
-        return f"{self.base}:s:{safe_id(search_id)}"
+    def base(self, text: str) -> str:
+        """The shard of the queries starting like ``text``."""
+        return self.keys.in_shard(shard_of(text[:1]), "sugg")
 
-    def payload(self, events: Sequence[QueryEvent]) -> bytes:
+    def search_key(self, search_id: str) -> str:
+        return self.keys.in_shard(shard_of(search_id), f"sugg:s:{safe_id(search_id)}")
+
+    def payload(self, base: str, events: Sequence[QueryEvent]) -> bytes:
         c = self.config
-        seen_keys, seen_ttl_s = dedupe_buckets(f"{self.base}:seen", c.dedupe_window_s, time.time())
+        seen_keys, seen_ttl_s = dedupe_buckets(f"{base}:seen", c.dedupe_window_s, time.time())
         records = [
             [e.event_id, e.ts, int(e.is_search), safe_id(e.session_id),
              e.weight, e.query, _scope_payload(_scopes(e.region, e.locale)),
              safe_id(e.user_id) if e.user_id else "",
-             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category, e.text,
-             *((self.search_key(e.search_id), orjson.dumps(asdict(e)).decode()) if e.search_id else ("", ""))]
+             [safe_id(p) for p in prefixes(e.query, c.max_prefix_chars)], e.category, e.text]
             for e in events
         ]
         return orjson.dumps({
-            "base": self.base, "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
+            "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
             "min_support": c.min_support, "per_prefix": c.per_prefix, "max_queries": c.max_queries,
             "max_user_queries": c.max_user_queries, "max_categories": c.max_query_categories,
             "ttl_s": c.ttl_s, "search_memory_s": c.search_memory_s,
@@ -112,13 +117,30 @@ class SuggestionStore:
         })
 
     async def apply(self, events: Sequence[QueryEvent]) -> None:
-        """Learn ``events``, ``script_events`` per Lua call: a script blocks Redis while it runs."""
-        for start in range(0, len(events), self.config.script_events):
-            await self._update(args=[self.payload(events[start:start + self.config.script_events])])
+        """Learn ``events``: per shard, ``script_events`` per Lua call (a script blocks Redis while it
+        runs), all in one round trip; then remember the searches for the clicks that follow them."""
+        by_base: dict[str, list[QueryEvent]] = {}
+        for event in events:
+            by_base.setdefault(self.base(event.query), []).append(event)
+        step = self.config.script_events
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for base, group in by_base.items():
+                for start in range(0, len(group), step):
+                    await self._update(keys=[base], args=[self.payload(base, group[start:start + step])], client=pipe)
+            for event in events:
+                if event.search_id:
+                    pipe.set(self.search_key(event.search_id), orjson.dumps(asdict(event)),
+                             ex=self.config.search_memory_s)
+            await pipe.execute()
 
     async def searches(self, search_ids: Sequence[str]) -> dict[str, QueryEvent]:
-        """The remembered searches among ``search_ids``."""
-        stored = await self.redis.mget([self.search_key(sid) for sid in search_ids]) if search_ids else []
+        """The remembered searches among ``search_ids`` (one round trip; one key per search)."""
+        if not search_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in search_ids:
+                pipe.get(self.search_key(sid))
+            stored = await pipe.execute()
         return {sid: QueryEvent(**orjson.loads(raw)) for sid, raw in zip(search_ids, stored, strict=True)
                 if raw is not None}
 
@@ -133,11 +155,11 @@ class SuggestionStore:
         scopes = _scopes(region, locale)
         indexed = prefix[: self.config.max_prefix_chars]
         payload = orjson.dumps({
-            "base": self.base, "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
+            "lambda_long": self._lambda_long, "lambda_short": self._lambda_short,
             "scopes": _scope_payload(scopes), "prefix_key": safe_id(indexed), "prefix": prefix,
             "user": safe_id(user_id) if user_id else "", "n": n, "categories": categories,
         })
-        out = orjson.loads(await self._candidates(args=[payload]))
+        out = orjson.loads(await self._candidates(keys=[self.base(prefix)], args=[payload]))
         found = []
         for row in out["rows"] or []:
             query, text, support, *scoped, user, cats = row

@@ -1,18 +1,18 @@
 -- Learn a batch of query events into the suggestion index, atomically and idempotently.
+-- KEYS[1] is the shard's base name (``rv:{7}:sugg``): every key the script touches starts with it, so
+-- all share its hash tag and slot (one shard: the queries that start with the same character).
 -- ARGV[1] is a JSON payload (see suggestions/store.py: SuggestionStore.payload):
---   base, lambda_long, lambda_short (per ms), min_support, per_prefix, max_queries,
+--   lambda_long, lambda_short (per ms), min_support, per_prefix, max_queries,
 --   max_user_queries, max_categories, ttl_s, search_memory_s,
 --   seen_keys (sets of applied event ids, one per time bucket, newest first), seen_ttl_s,
---   records: {event_id, ts, is_search, session, weight, query, scopes, user, prefixes, category, text,
---             memory_key, memory}
--- (text: the query as typed, shown to users; query: its normalised form, the index key;
---  memory: a search as JSON, kept at memory_key for the clicks that follow it)
+--   records: {event_id, ts, is_search, session, weight, query, scopes, user, prefixes, category, text}
+-- (text: the query as typed, shown to users; query: its normalised form, the index key)
 -- A record whose event id is in a seen bucket is skipped whole: a redelivered batch changes nothing.
 -- A search counts once per (session, query): one session cannot hammer a query up.
 -- Decayed sums use forward decay against a per-key landmark (the prelude's `landmark`),
 -- so every update is a pure increment.
 local p = cjson.decode(ARGV[1])
-local base = p.base
+local base = KEYS[1]
 local EPSILON = 1e-9  -- exp(x) * exp(-x) is not exactly 1
 local touched = {}
 local applied, duplicates, latest_ts = 0, 0, 0
@@ -39,16 +39,12 @@ local seen, fresh = seen_ids(p.seen_keys, ids), {}
 for _, r in ipairs(p.records) do
   local event_id, ts, is_search, session, weight, query, scopes, user, prefixes, category, text =
     r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
-  local memory_key, memory = r[12], r[13]
   if not seen[event_id] then
     seen[event_id] = true
     table.insert(fresh, event_id)
     applied = applied + 1
     if ts > latest_ts then latest_ts = ts end
     local digest = string.sub(redis.sha1hex(query), 1, 16)
-    if memory_key ~= "" then
-      redis.call("SET", memory_key, memory, "EX", p.search_memory_s)
-    end
     local counts = true
     local sup = 0
     if is_search == 1 then

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from relevo.core.settings import SHARED_DATA
 from relevo.runtime.stack import kafka_server, redis_server
 

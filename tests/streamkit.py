@@ -6,12 +6,14 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from relevo.core.keys import SHARDS, Keys
 from relevo.core.settings import Settings
 from relevo.runtime.processes import Runtime
 from relevo.streams.producer import EventProducer
@@ -59,23 +61,52 @@ def send(settings: Settings, events: list[dict], per_record: int = 200) -> None:
     asyncio.run(go())
 
 
-def wait_applied(client: redis.Redis, stats_key: str, n: int, timeout: float = 60.0) -> None:
+def eventually(check: Callable[[], None], timeout: float = 60.0) -> None:
+    """Run ``check`` until it stops raising AssertionError (the last failure is raised at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def counters(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """The workers' counters and the feature shards' summed (what ``read_stats`` reports)."""
+    keys = Keys(prefix)
+    total: dict[str, int] = {}
+    for key in [keys.stats, *(keys.in_shard(s, "counts") for s in range(SHARDS))]:
+        for field, value in client.hgetall(key).items():
+            total[field.decode()] = total.get(field.decode(), 0) + int(float(value))
+    return total
+
+
+def wait_applied(client: redis.Redis, prefix: str, n: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = sum(int(client.hget(stats_key, f) or 0) for f in ("events_applied", "events_duplicate"))
-        if done >= n:
+        done = counters(client, prefix)
+        if done.get("events_applied", 0) + done.get("events_duplicate", 0) >= n:
             return
         time.sleep(0.1)
     raise TimeoutError(f"{n} events not applied within {timeout}s")
 
 
-def feature_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
-    """Every feature key under ``prefix``, prefix stripped."""
-    snapshot: dict[str, object] = {}
+def _feature_keys(client: redis.Redis, prefix: str) -> dict[str, str]:
+    """Every feature key under ``prefix`` by its name without prefix and shard tag."""
+    found = {}
     for key in client.scan_iter(f"{prefix}:*"):
-        name = key.decode()[len(prefix) + 1:]
-        if name.split(":")[0] not in ("user", "session", "region", "item") or name.endswith("~L"):
-            continue  # not a feature: dedupe sets, stats, other processors' keys, landmarks
+        name = key.decode()[len(prefix) + 1:].split(":", 1)[-1]
+        if name.split(":")[0] in ("user", "session", "region", "item") and not name.endswith("~L"):
+            found[name] = key.decode()  # not a feature: dedupe sets, counters, other processors' keys, landmarks
+    return found
+
+
+def feature_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
+    """Every feature key under ``prefix``, prefix and shard tag stripped."""
+    snapshot: dict[str, object] = {}
+    for name, key in _feature_keys(client, prefix).items():
         kind = client.type(key).decode()
         if kind == "zset":
             snapshot[name] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
@@ -89,11 +120,12 @@ def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, obj
     from relevo.features.definitions import FEATURES
 
     half_lives = {(f.entity, f.name): f.half_life_s for f in FEATURES if f.half_life_s}
+    keys = _feature_keys(client, prefix)
     snap = feature_snapshot(client, prefix)
     for name, members in snap.items():
         entity, *_, feature = name.split(":")
         if (entity, feature) in half_lives and isinstance(members, dict):
-            landmark = int(float(client.get(f"{prefix}:{name}~L")))
+            landmark = int(float(client.get(keys[name] + "~L")))
             f = math.pow(2, (landmark - as_of) / 1000 / half_lives[(entity, feature)])
             snap[name] = {m: v * f for m, v in members.items()}
     return snap

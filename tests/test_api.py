@@ -7,9 +7,9 @@ import time
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+
 from relevo.core.settings import Settings
 from relevo.serving.app import create_app
-
 from tests.streamkit import T0
 
 KEY = {"X-API-Key": "dev-ingest-key"}

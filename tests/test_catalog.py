@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+
 from relevo.core.settings import Settings
 from relevo.runtime.cli import build_parser
 from relevo.search.catalog import InvalidItem, load_amazon, read_items, validate_item

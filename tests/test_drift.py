@@ -1,14 +1,18 @@
-"""Drift monitor on synthetic streams: planted drift found in time, quiet when stationary, cooldown, recovery."""
+"""Drift on synthetic streams, through a region partition and the global stage as the worker runs them:
+planted drift found in time, quiet when stationary, cooldown, recovery."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 from relevo.drift.alerts import Alert
-from relevo.drift.monitor import DriftMonitor
+from relevo.drift.combined import GlobalDrift
+from relevo.drift.regional import RegionalDrift
 from relevo.drift.sinks import ListSink
 from relevo.streams.events import Event
+from tests.regionkit import Feeder
 
 
 def searches(ctr: list[tuple[int, float]], region: str = "FR", seed: int = 0,
@@ -31,10 +35,32 @@ def searches(ctr: list[tuple[int, float]], region: str = "FR", seed: int = 0,
             i += 1
 
 
+class DriftMonitor:
+    """One region partition's drift and the global stage, fed in process (one source, in order)."""
+
+    def __init__(self, sinks: list[Any], cooldown_ms: int = 30 * 60_000, **regional: Any) -> None:
+        self.buckets: list[bytes] = []
+
+        async def send(value: bytes) -> None:
+            self.buckets.append(value)
+        self.regional = RegionalDrift(0, None, sinks, send, cooldown_ms=cooldown_ms, **regional)
+        self.combined = GlobalDrift(1, None, sinks, cooldown_ms=cooldown_ms)
+        self.feeder = Feeder([self.regional])
+
+    async def process(self, events: list[Event]) -> None:
+        self.feeder.send(events)
+        await self.feeder.flush()
+        self.combined.handle(self.buckets)
+        self.buckets.clear()
+        await self.combined.flush()
+
+
 async def run(monitor: DriftMonitor, events: Iterator[Event], batch: int = 200) -> None:
     buffer = list(events)
     for i in range(0, len(buffer), batch):
         await monitor.process(buffer[i:i + batch])
+    monitor.feeder.finish()
+    await monitor.process([])
 
 
 def opened(sink: ListSink, metric: str = "ctr") -> list[Alert]:

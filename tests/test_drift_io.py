@@ -17,13 +17,14 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
+
 from relevo.core.keys import Keys
 from relevo.drift.alerts import Alert
-from relevo.drift.monitor import DriftMonitor
+from relevo.drift.combined import GlobalDrift
 from relevo.drift.sinks import AlertStore, ListSink, TopicSink, WebhookSink
 from relevo.serving.alerts import router
-
-from tests.test_drift import run, searches
+from relevo.streams.stages import Snapshots
+from tests.test_drift import DriftMonitor, run, searches
 
 
 @pytest.fixture
@@ -34,34 +35,38 @@ async def aredis(redis_db: redis.Redis, redis_url: str) -> AsyncIterator[aioredi
     await client.aclose()
 
 
-async def test_restart_keeps_history_and_open_alerts_without_announcing_them_again(
+async def test_restart_from_snapshots_keeps_history_and_open_alerts_without_announcing_them_again(
         aredis: aioredis.Redis) -> None:
-    keys = Keys("t")
+    regions, combined = Snapshots(aredis, Keys("t"), "regions"), Snapshots(aredis, Keys("t"), "global")
     first_sink = ListSink()
-    first = DriftMonitor(aredis, [first_sink], keys=keys, ctr_timeout_ms=60_000)
+    first = DriftMonitor([first_sink], ctr_timeout_ms=60_000)
     await run(first, searches([(3000, 0.4), (800, 0.15)]))
-    await first.close()  # a clean stop snapshots; a crash would lose what came after the last one
     assert {a.region for a in first_sink.alerts if a.metric == "ctr"} == {"FR", "*"}
-    seen_before = first.state.trackers["FR", "ctr"].seen
+    seen_before = first.regional.detection.state.regions["FR"]["ctr"].seen
+    await regions.save(0, 41, first.feeder.partition.dump())
+    await combined.save(0, 7, first.combined.dump())
 
     second_sink = ListSink()
-    second = DriftMonitor(aredis, [second_sink], keys=keys, ctr_timeout_ms=60_000)
+    second = DriftMonitor([second_sink], ctr_timeout_ms=60_000)
+    offset, dump = await regions.load(0)
+    second.feeder = first.feeder.restarted([second.regional], dump)
+    second.combined = GlobalDrift(1, None, [second_sink], dump=(await combined.load(0))[1])
+    assert offset == 41
     await run(second, searches([(800, 0.15)], start=3800, seed=1))
-    assert second.state.trackers["FR", "ctr"].seen > seen_before  # history kept, no new warm-up
+    assert second.regional.detection.state.regions["FR"]["ctr"].seen > seen_before  # no new warm-up
     assert second_sink.alerts == []  # still the same drift: no repeat, no spurious alert
-    assert {a.region for a in second.active_alerts() if a.metric == "ctr"} == {"FR", "*"}
+    assert {a.region for a in second.regional.detection.active() + second.combined.detection.active()
+            if a.metric == "ctr"} == {"FR", "*"}
 
-    cold_sink = ListSink()  # the same restart with no snapshot would have to warm up again
-    cold = DriftMonitor(aredis, [cold_sink], keys=Keys("other"), ctr_timeout_ms=60_000)
+    cold = DriftMonitor([ListSink()], ctr_timeout_ms=60_000)  # no snapshot: it has to warm up again
     await run(cold, searches([(800, 0.15)], start=3800, seed=1))
-    assert cold.state.trackers["FR", "ctr"].seen < seen_before
+    assert cold.regional.detection.state.regions["FR"]["ctr"].seen < seen_before
 
 
-async def test_unreadable_snapshot_starts_cold(aredis: aioredis.Redis) -> None:
-    monitor = DriftMonitor(aredis, keys=Keys("t"))
-    await aredis.set(monitor._snapshots.key, b"not a pickle")
-    await monitor.process([])
-    assert monitor.state.trackers == {}
+async def test_an_unreadable_snapshot_starts_the_partition_from_the_beginning(aredis: aioredis.Redis) -> None:
+    snapshots = Snapshots(aredis, Keys("t"), "regions")
+    await aredis.set(snapshots.key(3), b"not a pickle")
+    assert await snapshots.load(3) is None
 
 
 def alert(id: str, region: str, metric: str, first: int, last: int, resolved: bool) -> Alert:

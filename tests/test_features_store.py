@@ -7,11 +7,11 @@ import random
 
 import pytest
 import redis.asyncio as aioredis
+
 from relevo.core.keys import Keys
 from relevo.features.definitions import REGION_ITEMS, USER_ITEMS, USER_WEIGHTS
 from relevo.features.online import OnlineStore
 from relevo.features.writer import FeatureWriter
-
 from tests.streamkit import T0, expected_decayed, synthetic_events
 
 

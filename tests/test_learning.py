@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
 from relevo.features.context import FEATURES
 from relevo.models.examples import ExamplesBuilder
 from relevo.models.live import LiveModel
 from relevo.models.ranker import Ranker, RankerConfig
 from relevo.models.registry import CorruptModel, Registry, encode_weights
 from relevo.models.trainer import Trainer
+from tests.regionkit import Feeder
 
 SMALL = RankerConfig(item_buckets=1024, user_buckets=64, region_buckets=16, hidden=16)
 T0 = 1_700_000_000_000
@@ -44,14 +45,17 @@ def planted_stream(searches: int, seed: int = 0, t0: int = T0, prefix: str = "")
 
 
 async def build_examples(events: list[dict[str, Any]], **kwargs: Any) -> list[list[dict[str, Any]]]:
+    """The examples a region partition builds from ``events`` (read from one source, in order)."""
     batches: list[list[dict[str, Any]]] = []
 
     async def emit(batch: list[dict[str, Any]]) -> None:
         batches.append(batch)
 
-    builder = ExamplesBuilder(emit, **{"wait_s": 0, "batch_size": 50, **kwargs})
-    await builder.process(events)
-    await builder.close()
+    feeder = Feeder([ExamplesBuilder(emit, **{"wait_s": 0, "batch_size": 50, "batch_age_s": 0, **kwargs})])
+    for start in range(0, len(events), 100):
+        feeder.send(events[start:start + 100])
+    feeder.finish()
+    await feeder.flush()
     return batches
 
 
@@ -84,81 +88,80 @@ async def test_examples_never_carry_their_own_outcome() -> None:
     assert second["labels"] == [0, 0]  # the purchase happened before this search: not its outcome
 
 
-async def test_clicks_read_behind_their_searches_still_label_them() -> None:
-    events = planted_stream(200)
-    batches: list[list[dict[str, Any]]] = []
-
-    async def emit(batch: list[dict[str, Any]]) -> None:
-        batches.append(batch)
-
-    # Two topics read at different paces: every search first, the clicks much later in event time.
-    builder = ExamplesBuilder(emit, wait_s=10, batch_size=50)
-    await builder.process([e for e in events if e["type"] == "search"])
-    await builder.process([e for e in events if e["type"] == "click"])
-    await builder.close()
-    assert sum(1 for batch in batches for e in batch if max(e["labels"]) > 0) == 200
-
-
-async def test_a_click_read_before_its_search_labels_it_and_stays_out_of_its_features() -> None:
+def _collector() -> tuple[list[dict[str, Any]], Any]:
     emitted: list[dict[str, Any]] = []
 
     async def emit(batch: list[dict[str, Any]]) -> None:
         emitted.extend(batch)
+    return emitted, emit
 
-    builder = ExamplesBuilder(emit, wait_s=10, batch_size=1, sources=("search", "click"))
+
+async def test_clicks_read_behind_their_searches_still_label_them() -> None:
+    emitted, emit = _collector()
+    feeder = Feeder([ExamplesBuilder(emit, wait_s=10, batch_size=50, batch_age_s=0)], ["search:0", "click:0"])
+    events = planted_stream(200)
+    # Two topics read at different paces: every search first, the clicks much later.
+    feeder.send([e for e in events if e["type"] == "search"], "search:0")
+    feeder.send([e for e in events if e["type"] == "click"], "click:0")
+    feeder.finish()
+    await feeder.flush()
+    assert sum(1 for e in emitted if max(e["labels"]) > 0) == 200
+
+
+async def test_a_click_read_before_its_search_labels_it_and_stays_out_of_its_features() -> None:
+    emitted, emit = _collector()
+    feeder = Feeder([ExamplesBuilder(emit, wait_s=10, batch_size=1)], ["search:0", "click:0"])
     search, click = planted_stream(1)
-    await builder.process([click])  # the click topic is ahead of the search topic
-    await builder.process([search])
-    await builder.close()
+    feeder.send([click], "click:0")  # the click topic is ahead of the search topic
+    feeder.send([search], "search:0")
+    feeder.finish()
+    await feeder.flush()
     touched = FEATURES.index("touched")
     assert emitted[0]["labels"][emitted[0]["items"].index(click["item_id"])] == 2
     assert all(row[touched] == 0 for row in emitted[0]["features"])
 
 
-async def test_a_silent_source_stops_holding_the_watermark_back() -> None:
-    emitted: list[dict[str, Any]] = []
-
-    async def emit(batch: list[dict[str, Any]]) -> None:
-        emitted.extend(batch)
-
-    builder = ExamplesBuilder(emit, wait_s=0, batch_size=1, idle_s=0.2, sources=("search", "click"))
+async def test_a_silent_source_stops_holding_the_stream_back() -> None:
+    emitted, emit = _collector()
+    feeder = Feeder([ExamplesBuilder(emit, wait_s=0, batch_size=1)], ["search:0", "click:0"])
     q0, c0, q1, _, q2, _ = planted_stream(3)
-    await builder.process([q0, c0])
-    await builder.process([q1])  # the click topic has only reached q0's time: q1 may still get its click
-    assert [e["search_id"] for e in emitted] == ["q0"]
-    await asyncio.sleep(0.3)  # the click topic goes quiet
-    await builder.process([q2])
-    assert [e["search_id"] for e in emitted] == ["q0", "q1", "q2"]
+    feeder.send([q0], "search:0")
+    feeder.send([c0], "click:0")
+    feeder.send([q1, q2], "search:0")
+    await feeder.flush()
+    assert emitted == []  # the click topic has only reached q0's time: q0 may still get more clicks
+    feeder.quiet("click:0")  # it has read everything and goes quiet
+    await feeder.flush()
+    assert [e["search_id"] for e in emitted] == ["q0", "q1"]  # q2 waits for the search topic's own time
 
 
-async def test_a_restarted_builder_restores_context_and_reopens_searches_still_waiting() -> None:
-    emitted: list[dict[str, Any]] = []
-
-    async def emit(batch: list[dict[str, Any]]) -> None:
-        emitted.extend(batch)
-
-    base = {"user_id": "u", "session_id": "s", "region": "FR"}
-    old_click = {**base, "type": "click", "event_id": "c0", "ts": T0, "item_id": "a", "kind": "view"}
-    pending = {**base, "type": "search", "event_id": "q1", "search_id": "q1", "ts": T0 + 600_000,
-               "results": ["b", "a", "c"]}
-
-    async def history() -> list[dict[str, Any]]:  # committed before the crash: q1's click was not
-        return [old_click, pending]
-
-    builder = ExamplesBuilder(emit, wait_s=10, batch_size=1, sources=("search", "click"), history=history)
-    await builder.process([{**base, "type": "click", "event_id": "c1", "ts": T0 + 601_000, "item_id": "c",
-                            "search_id": "q1"}])
-    await builder.close()
-    assert [e["search_id"] for e in emitted] == ["q1"]  # the old click alone makes no example
-    assert emitted[0]["labels"] == [0, 0, 2]
-    assert emitted[0]["features"][1][FEATURES.index("touched")] == 1  # context from before the restart
+async def test_a_partition_restored_from_its_snapshot_builds_what_it_would_have() -> None:
+    events = planted_stream(120)
+    uninterrupted = [e for batch in await build_examples(events, wait_s=5) for e in batch]
+    emitted, emit = _collector()
+    feeder = Feeder([ExamplesBuilder(emit, wait_s=5, batch_size=50, batch_age_s=0)])
+    feeder.send(events[:130])
+    await feeder.flush()
+    feeder = feeder.restarted([ExamplesBuilder(emit, wait_s=5, batch_size=50, batch_age_s=0)])
+    feeder.send(events[130:])
+    feeder.finish()
+    await feeder.flush()
+    assert emitted == uninterrupted
 
 
 async def test_redelivered_events_are_applied_once() -> None:
     events = planted_stream(20)
     once = await build_examples(events)
-    twice = await build_examples(events + events)
+    twice = await build_examples(events + events)  # a shop that sent everything twice (new positions)
     assert once == twice
+    emitted, emit = _collector()
+    feeder = Feeder([ExamplesBuilder(emit, wait_s=0, batch_size=50, batch_age_s=0)])
+    feeder.send(events)
+    feeder.offsets["events:0"] = 0  # the same records read again after a crash (same positions)
+    feeder.send(events)
+    feeder.finish()
+    await feeder.flush()
+    assert [emitted] == once
 
 
 async def test_the_trainer_learns_from_each_search_once(tmp_path: Path) -> None:

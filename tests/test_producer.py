@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from relevo.streams.events import decode_record
 from relevo.streams.producer import EventProducer, partition_for
 

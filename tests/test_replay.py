@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from relevo.core.settings import Settings
 from relevo.runtime.cli import build_parser
 from relevo.streams.datasets import DatasetNotFound, open_dataset

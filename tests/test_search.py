@@ -11,6 +11,7 @@ import time
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
 from relevo.features.context import ContextState
 from relevo.models.live import LiveModel
 from relevo.models.ranker import Ranker, RankerConfig
@@ -128,7 +129,7 @@ def test_personalisation_is_explained(catalog):
 def test_the_serving_learned_model_reorders_results_for_the_session(catalog, tmp_path):
     registry, state = Registry(tmp_path), ContextState()
     live = LiveModel(registry)
-    service = SearchService(catalog, reranker=LearnedReranker(live, state))
+    service = SearchService(catalog, reranker=LearnedReranker(live, lambda region: state))
     first_stage = [r["item_id"] for r in search(service, "kitchen things", session_id="s1", k=5)["results"]]
     touched = first_stage[-1]
     state.observe({"type": "click", "ts": int(time.time() * 1000) - 5_000, "session_id": "s1", "user_id": "u1",

@@ -8,6 +8,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.features.online import OnlineStore

@@ -10,14 +10,17 @@ import time
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+
 from relevo.core.keys import Keys
 from relevo.features.definitions import USER_ITEMS, USER_WEIGHTS
 from relevo.features.online import OnlineStore
 from relevo.features.writer import FeatureWriter
-
 from tests.streamkit import (
+    counters,
     decayed_as_of,
+    eventually,
     expected_decayed,
     running,
     send,
@@ -31,29 +34,31 @@ pytestmark = pytest.mark.slow
 
 def test_features_from_kafka_match_a_plain_recomputation(tmp_path, kafka_bootstrap, redis_url) -> None:
     events = synthetic_events(600, seed=11)
+    as_of = max(e["ts"] for e in events)
+    want = expected_decayed(events, as_of, "user_id", USER_WEIGHTS, USER_ITEMS.half_life_s)
+
+    async def read() -> dict:
+        r = aioredis.Redis.from_url(redis_url)
+        store = OnlineStore(r, Keys("m"))
+        users = {u: await store.user(u) for u in {e["user_id"] for e in events}}
+        await r.aclose()
+        return users
+
+    def all_applied() -> None:
+        # the stream clock reaches the last event once every source has gone idle after it
+        for user, features in asyncio.run(read()).items():
+            assert features is not None and features["as_of"] == as_of, user
+            expected = {i: v for (u, i), v in want.items() if u == user}
+            assert features["items"] == pytest.approx(expected, rel=1e-9)
+            touched = [e for e in events if e["user_id"] == user and e["type"] == "click"]
+            latest = sorted({e["item_id"]: e["ts"] for e in touched}.items(), key=lambda kv: -kv[1])
+            assert features["recent_items"] == [i for i, _ in latest][:20]
+
     with running(tmp_path, kafka_bootstrap, redis_url, "t-match", "m") as rt:
         rt.wait_workers_ready()
         send(rt.settings, events)
-        client = rt.redis()
-        wait_applied(client, Keys("m").stats, len(events))
-
-        async def read() -> dict:
-            import redis.asyncio as aioredis
-            r = aioredis.Redis.from_url(redis_url)
-            store = OnlineStore(r, Keys("m"))
-            users = {u: await store.user(u) for u in {e["user_id"] for e in events}}
-            await r.aclose()
-            return users
-        users = asyncio.run(read())
-    as_of = max(e["ts"] for e in events)
-    want = expected_decayed(events, as_of, "user_id", USER_WEIGHTS, USER_ITEMS.half_life_s)
-    for user, features in users.items():
-        assert features["as_of"] == as_of
-        expected = {i: v for (u, i), v in want.items() if u == user}
-        assert features["items"] == pytest.approx(expected, rel=1e-9)
-        touched = [e for e in events if e["user_id"] == user and e["type"] == "click"]
-        latest = sorted({e["item_id"]: e["ts"] for e in touched}.items(), key=lambda kv: -kv[1])
-        assert features["recent_items"] == [i for i, _ in latest][:20]
+        wait_applied(rt.redis(), "m", len(events))
+        eventually(all_applied)
 
 
 def test_sigkill_mid_replay_leaves_every_feature_applied_once(tmp_path, kafka_bootstrap, redis_url) -> None:
@@ -73,24 +78,26 @@ def test_sigkill_mid_replay_leaves_every_feature_applied_once(tmp_path, kafka_bo
         # One event per record, so the worker is mid-stream when it dies.
         send(settings, events, per_record=1)
         deadline = time.monotonic() + 60
-        while int(client.hget("k:stats", "events_applied") or 0) < 300 and time.monotonic() < deadline:
+        while counters(client, "k").get("events_applied", 0) < 300 and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(rt.workers[0].pid, signal.SIGKILL)
         rt.workers[0].wait()
-        applied_at_kill = int(client.hget("k:stats", "events_applied") or 0)
+        applied_at_kill = counters(client, "k").get("events_applied", 0)
         assert 0 < applied_at_kill < len(events), "the kill must land mid-replay"
         restarted = time.time() * 1000
         rt.start_worker()
         rt.wait_workers_ready(since_ms=int(restarted), timeout=90)
-        wait_applied(client, "k:stats", len(events), timeout=120)
-        time.sleep(0.5)
+        wait_applied(client, "k", len(events), timeout=120)
+        as_of = max(e["ts"] for e in events)
+        want = decayed_as_of(client, "ref", as_of)
 
-    as_of = max(e["ts"] for e in events)
-    got, want = decayed_as_of(client, "k", as_of), decayed_as_of(client, "ref", as_of)
-    assert got.keys() == want.keys()
-    for key, members in want.items():
-        assert got[key] == pytest.approx(members, rel=1e-9), key
-    assert int(client.hget("k:stats", "events_applied")) == len(events)
+        def same_features() -> None:
+            got = decayed_as_of(client, "k", as_of)
+            assert got.keys() == want.keys()
+            for key, members in want.items():
+                assert got[key] == pytest.approx(members, rel=1e-9), key
+        eventually(same_features)
+    assert counters(client, "k")["events_applied"] == len(events)
 
 
 def test_malformed_records_go_to_the_dlq_and_the_worker_keeps_going(tmp_path, kafka_bootstrap,
@@ -123,7 +130,7 @@ def test_malformed_records_go_to_the_dlq_and_the_worker_keeps_going(tmp_path, ka
                         await producer.send([good[i // 2]])
         asyncio.run(produce())
         client = rt.redis()
-        wait_applied(client, "d:stats", len(good))
+        wait_applied(client, "d", len(good))
         dead = asyncio.run(_read_dlq(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}events.dlq",
                                      expected=1000 + 2 * 200))
         assert rt.workers[0].poll() is None, "the worker must survive bad input"
@@ -132,7 +139,7 @@ def test_malformed_records_go_to_the_dlq_and_the_worker_keeps_going(tmp_path, ka
     assert any(r.startswith("ts:") for r in reasons) and any(r.startswith("user_id:") for r in reasons)
     originals = {v for v, _ in dead}
     assert all(raw in originals for raw in bad if not raw.startswith(b"[1"))
-    assert int(client.hget("d:stats", "events_applied")) == len(good)
+    assert counters(client, "d")["events_applied"] == len(good)
 
 
 async def _read_dlq(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, dict[str, str]]]:

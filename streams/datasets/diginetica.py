@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
+
 from relevo.streams.events import Event, validate
 
 VIEWS_FILE = "sample_train-item-views.csv"

@@ -15,7 +15,8 @@ Mapping, one log row at a time in event-time order:
 - Item actions whose reference is ``unknown`` (Trivago's missing value) are skipped.
 
 ``region`` is the platform (country) and ``locale`` comes from it. Ids are
-deterministic, so a replay is idempotent. ``ts`` is the log second in ms plus a
+deterministic (session, step and time: a session's step numbers can repeat a day
+apart), so a replay is idempotent. ``ts`` is the log second in ms plus a
 small offset per row within that second, so the stream never goes back in time
 and a clickout's search precedes its click.
 
@@ -45,6 +46,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+
 from relevo.streams.events import Event, validate
 
 # Platform code -> the locale its users most likely read; anything else gets FALLBACK_LOCALE.
@@ -78,7 +80,7 @@ def row_events(row: dict[str, Any], session_query: str) -> list[Event]:
     common = {"ts": row["ts"], "user_id": row["user_id"], "session_id": session,
               "region": row["platform"], "locale": LOCALES.get(row["platform"], FALLBACK_LOCALE),
               "device": row["device"]}
-    search_id = f"tv-{session}-{step}"
+    search_id = f"tv-{session}-{step}-{row['ts']}"  # a session's steps restart: the time keeps ids unique
     if action in SEARCHES:
         results = [ref] if action == "search for item" else []
         return [validate({**common, "type": "search", "event_id": f"{search_id}-search",

@@ -1,0 +1,187 @@
+"""Stages whose state is owned by the partition of its key, with snapshots keyed by partition.
+
+A stage is a consumer group over an internal topic (``events.by_region``, keyed by
+region; ``drift.global``): each partition's state lives in the worker the group assigns
+it to. The state is snapshotted to Redis with the offset of the last record it reflects
+(every ``checkpoint_s``, after its outputs were delivered, and when the partition is
+revoked) and restored when the partition is assigned, reading resuming just after that
+offset. No offsets are committed: the snapshot is the position. A worker killed at any
+point therefore leaves a state that replays to exactly where it was; outputs made after
+the last snapshot are made again (at least once: alerts carry stable ids, the trainer
+skips searches it learned from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from relevo.core.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class PartitionState(Protocol):
+    """The state of one partition of a stage: it takes records and makes outputs."""
+
+    def handle(self, values: Sequence[bytes]) -> None:
+        """Apply the records read from the partition, in order."""
+
+    async def flush(self) -> None:
+        """Send what ``handle`` produced (alerts, examples, aggregates)."""
+
+    def dump(self) -> Any:
+        """The picklable state (``make_state`` takes it back)."""
+
+
+MakeState = Callable[[int, Any | None], PartitionState]  # (partition, restored dump or None) -> state
+
+
+class Snapshots:
+    """Each partition's last state and the offset it reflects, one Redis key per (stage, partition).
+
+    Pickle is fine here: only our own workers write these keys, and anyone who can write
+    to Redis can already falsify every feature. A snapshot that cannot be read is logged
+    and the partition starts from the beginning of its topic.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, stage: str) -> None:
+        self.redis, self.keys, self.stage = redis, keys, stage
+
+    def key(self, partition: int) -> str:
+        return self.keys.stage_state(self.stage, partition)
+
+    async def save(self, partition: int, offset: int, state: Any) -> int:
+        data = pickle.dumps((offset, state), protocol=pickle.HIGHEST_PROTOCOL)
+        await self.redis.set(self.key(partition), data)
+        return len(data)
+
+    async def load(self, partition: int) -> tuple[int, Any] | None:
+        data = await self.redis.get(self.key(partition))
+        if data is None:
+            return None
+        try:
+            offset, state = pickle.loads(data)
+        except Exception:  # a corrupt or foreign snapshot must not stop the worker
+            log.exception("snapshot %s unreadable; the partition is read again from the start", self.key(partition))
+            return None
+        return offset, state
+
+
+class Outputs:
+    """One producer for every record a worker makes beyond the Faust agent's own (the region
+    stream, examples, alerts, aggregates); ``flush`` waits until the broker has them all."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self._producer: AIOKafkaProducer | None = None  # made on first use: it needs the running loop
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=2,
+                                        max_batch_size=1 << 20, max_request_size=1 << 20)
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    def sender(self, topic: str) -> Callable[..., Awaitable[None]]:
+        async def send(value: bytes, partition: int | None = None) -> None:
+            producer = await self.start()
+            self._pending.append(await producer.send(topic, value, partition=partition))
+        return send
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self.flush()
+            await self._producer.stop()
+            self._producer = None
+
+
+class PartitionedStage:
+    """A consumer group over ``topic`` with one ``PartitionState`` per assigned partition."""
+
+    def __init__(self, name: str, bootstrap_servers: str, topic: str, group: str, make_state: MakeState,
+                 snapshots: Snapshots, outputs: Outputs, checkpoint_s: float = 10.0,
+                 session_timeout_s: float = 6.0, max_records: int = 500) -> None:
+        self.name, self.topic, self.make_state = name, topic, make_state
+        self.snapshots, self.outputs, self.checkpoint_s = snapshots, outputs, checkpoint_s
+        self.states: dict[int, PartitionState] = {}
+        self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
+        self.max_records = max_records
+        session_ms = int(session_timeout_s * 1000)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(500, session_ms // 3), max_poll_interval_ms=max(300_000, session_ms))
+        self._saved_at = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        try:
+            while not stop.is_set():
+                polled = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                for tp, records in polled.items():
+                    state = self.states.get(tp.partition)
+                    if state is None or not records:
+                        continue  # revoked meanwhile
+                    state.handle([r.value for r in records])
+                    self.offsets[tp.partition] = records[-1].offset
+                    await state.flush()
+                if time.monotonic() - self._saved_at >= self.checkpoint_s:
+                    await self.checkpoint(list(self.states))
+        finally:
+            await self.checkpoint(list(self.states))
+            await self.consumer.stop()
+
+    async def checkpoint(self, partitions: Sequence[int]) -> None:
+        """Deliver every output made so far, then snapshot ``partitions``."""
+        self._saved_at = time.monotonic()
+        await self.outputs.flush()
+        for partition in partitions:
+            if partition in self.states and self.offsets.get(partition, -1) >= 0:
+                size = await self.snapshots.save(partition, self.offsets[partition], self.states[partition].dump())
+                log.debug("%s p%d: snapshot of %d bytes at offset %d", self.name, partition, size,
+                          self.offsets[partition])
+
+    async def assign(self, partitions: Sequence[int]) -> None:
+        for partition in partitions:
+            saved = await self.snapshots.load(partition)
+            offset, dump = saved if saved is not None else (-1, None)
+            self.states[partition], self.offsets[partition] = self.make_state(partition, dump), offset
+            tp = TopicPartition(self.topic, partition)
+            if offset >= 0:
+                self.consumer.seek(tp, offset + 1)
+            else:
+                await self.consumer.seek_to_beginning(tp)
+            log.info("%s p%d assigned, resuming after offset %d", self.name, partition, offset)
+
+    async def revoke(self, partitions: Sequence[int]) -> None:
+        await self.checkpoint(partitions)
+        for partition in partitions:
+            self.states.pop(partition, None)
+            self.offsets.pop(partition, None)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, stage: PartitionedStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.stage.revoke(sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.stage.assign(sorted(tp.partition for tp in assigned))
