@@ -7,14 +7,23 @@ slot per call, multi-key reads go through pipelines).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+log = logging.getLogger(__name__)
+
 AnyRedis = aioredis.Redis | AsyncRedisCluster
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, OSError)  # the store is away: wait, do not drop
+CONCURRENT_CALLS = 16  # script calls in flight on a cluster at once (each node has a bounded pool)
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=16)
@@ -37,3 +46,32 @@ def connect(url: str, **options: object) -> AnyRedis:
 def connect_sync(url: str) -> redis.Redis | RedisCluster:
     """A blocking client for ``url`` (the runtime's and the tests' bookkeeping)."""
     return RedisCluster.from_url(url) if is_cluster(url) else redis.Redis.from_url(url)
+
+
+async def run_scripts(client: AnyRedis, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+    """Run script calls (``(script, keys, args)``, each within one slot) together: one pipelined round
+    trip on a single server; concurrently on a cluster, whose pipelines refuse scripts."""
+    if isinstance(client, AsyncRedisCluster):
+        await client.initialize()  # once: concurrent first calls on an uninitialised client break redis-py
+        results: list[Any] = []
+        for start in range(0, len(calls), CONCURRENT_CALLS):
+            results += await asyncio.gather(*(script(keys=keys, args=args)
+                                              for script, keys, args in calls[start:start + CONCURRENT_CALLS]))
+        return results
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            await script(keys=keys, args=args, client=pipe)
+        return await pipe.execute()
+
+
+async def retrying(call: Callable[[], Awaitable[T]], max_wait_s: float = 5.0) -> T:
+    """``call()`` until Redis (or the broker) answers, backing off up to ``max_wait_s``: an
+    acknowledged batch must land, so a worker waits for its stores rather than drop it."""
+    wait = 0.1
+    while True:
+        try:
+            return await call()
+        except RETRYABLE as exc:
+            log.warning("store unavailable (%s); retrying in %.1fs", exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, max_wait_s)

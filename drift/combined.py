@@ -32,6 +32,8 @@ from relevo.drift.detection import Detection, DetectionState, Observation
 from relevo.drift.metrics import GLOBAL, METRICS, MetricSpec
 from relevo.drift.sinks import AlertStore, Sink
 
+STAGE = "global"  # the global stage's consumer group suffix and snapshot name
+
 
 def interleave(counts: Sequence[tuple[Any, int]]) -> list[Any]:
     """Each value ``count`` times, spread evenly (deterministic: ties keep the given order).

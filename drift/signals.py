@@ -28,10 +28,8 @@ only moves forward: the latest event's time, or the stream's horizon when it is 
 [('click_rank', 0.5), ('query_language', 'fr')]
 >>> later = s.observe([{**base, "type": "purchase", "event_id": "3", "ts": 200_000, "item_id": "a",
 ...                     "order_id": "o", "price": 1.0}])
->>> later[:3]  # closed minutes
-[('FR', 'volume', 2.0, 0), ('FR', 'purchase_rate', 0.0, 0), ('FR', 'volume', 0.0, 60000)]
->>> [o for o in later if o[1] == "ctr"]  # the search's outcome, once its timeout passed
-[('FR', 'ctr', 1.0, 0)]
+>>> later[:4]  # the search's outcome, once its timeout passed; then the closed minutes
+[('FR', 'ctr', 1.0, 0), ('FR', 'volume', 2.0, 0), ('FR', 'purchase_rate', 0.0, 0), ('FR', 'volume', 0.0, 60000)]
 >>> quiet = Signals(ctr_timeout_ms=60_000)
 >>> _ = quiet.observe([{**base, "type": "search", "event_id": "4", "search_id": "q2", "results": ["a"]}])
 >>> [o for o in quiet.observe([], horizon=120_000) if o[1] == "ctr"]  # no events, but time moved on
@@ -74,6 +72,7 @@ class Signals:
         for event in events:
             ts, region = event["ts"], event["region"]
             self.clock = max(self.clock, ts)
+            self._expire(out)  # outcomes are final before the next event: batch boundaries never matter
             self._count(region, ts, event["type"] == "purchase", out)
             out.extend((region, metric, value, ts) for metric, value in self._values(event))
             self._track_search(event)

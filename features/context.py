@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relevo.core.decay import factor
+from relevo.core.decay import factor, rate_per_ms
 
 # Relevance grade of each interaction kind; "shown only" is 0.
 GRADES = {"view": 1, "click": 2, "cart": 3, "purchase": 4}
@@ -86,6 +86,19 @@ class DecayedCounts:
         if len(self._values) > self.max_items:  # forget the weaker half, rarely
             keep = sorted(self._values.items(), key=lambda kv: kv[1][0], reverse=True)
             self._values = dict(keep[: self.max_items // 2])
+
+    def many(self, keys: Sequence[str], ts: int) -> list[float]:
+        """``get`` of each key (one call per list: this runs for every item of every search)."""
+        values, rate, exp = self._values, rate_per_ms(self.half_life_ms / 1000), math.exp
+        out = []
+        for key in keys:
+            entry = values.get(key)
+            if entry is None:
+                out.append(0.0)
+            else:
+                value, at = entry
+                out.append(value if ts <= at else value * exp((at - ts) * rate))
+        return out
 
     def get(self, key: str, ts: int) -> float:
         entry = self._values.get(key)
@@ -225,43 +238,56 @@ class ContextState:
         idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
         context = [idle, math.log1p(session.searches), float(search.get("device") == "mobile"),
                    math.log1p(len(search.get("filters") or ()))]
-        region_pop = [stats.popularity.get(i, ts) if stats else 0.0 for i in items]
+        zeros = [0.0] * n
+        region_pop = stats.popularity.many(items, ts) if stats else zeros
         region_rank = _rank_fraction([-p for p in region_pop])
-        impressions = [stats.impressions.get(item, ts) if stats else 0.0 for item in items]
+        impressions = stats.impressions.many(items, ts) if stats else zeros
+        item_clicks = stats.clicks.many(items, ts) if stats else zeros
         user = self.users.get(search["user_id"], {})
         last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
         by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
         rule_rank = {p: rank for rank, p in enumerate(by_rule)}
+        # the same for every item of the list
+        touched_any, session_breadth = float(last_pos is not None), math.log1p(len(touches))
+        last_pos_share = 0.0 if last_pos is None else last_pos / max(n, 1)
+        shown, searched, last_click, freshness_ms = session.shown, session.searched, session.last_click, \
+            self.freshness_ms
+        log1p, log, exp = math.log1p, math.log, math.exp
         rows = []
         for p, item in enumerate(items):
             touch = touches.get(item)
             offset = 0.0 if last_pos is None else max(-5, min(5, p - last_pos)) / 5
+            if touch is None:
+                touched = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+                clicks, age = 0.0, 0.0
+            else:
+                age_ms = max(0, ts - touch.last_ts)
+                rank = recency[item]
+                touched = (1.0, log1p(touch.count), 1.0 / (1 + rank), float(rank == 0),
+                           exp(-age_ms / freshness_ms), touch.grade / 4)
+                clicks, age = log1p(touch.clicks), log1p(age_ms / 1000) / 10
+            price = prices[p]
             rows.append([
                 1.0 / (1 + p), p / max(n - 1, 1), price_rank[p], price_gap[p],
-                float(touch is not None),
-                math.log1p(touch.count) if touch else 0.0,
-                1.0 / (1 + recency[item]) if touch else 0.0,
-                float(touch is not None and recency[item] == 0),
-                math.exp(-max(0, ts - touch.last_ts) / self.freshness_ms) if touch else 0.0,
-                touch.grade / 4 if touch else 0.0,
+                *touched,
                 float(last_pos is not None and p == last_pos + 1),
                 offset,
-                float(last_pos is not None),
-                math.log1p(region_pop[p]), 1.0 - region_rank[p],
-                math.log1p(user.get(item, 0)),
-                math.log1p(len(touches)), n / 25,
-                math.log1p(session.shown[item]),
-                math.log1p(touch.clicks) if touch else 0.0,
-                float(item == session.last_click),
-                ((stats.clicks.get(item, ts) if stats else 0.0) + 0.1) / (impressions[p] + 1.0),
-                math.log1p(impressions[p]),
-                0.0 if last_pos is None else last_pos / max(n, 1),
-                math.log1p(max(0, ts - touch.last_ts) / 1000) / 10 if touch else 0.0,
+                touched_any,
+                log1p(region_pop[p]), 1.0 - region_rank[p],
+                log1p(user.get(item, 0)),
+                session_breadth, n / 25,
+                log1p(shown.get(item, 0)),
+                clicks,
+                float(item == last_click),
+                (item_clicks[p] + 0.1) / (impressions[p] + 1.0),
+                log1p(impressions[p]),
+                last_pos_share,
+                age,
                 1.0 / (1 + rule_rank[p]),
                 float(last_clicked),
-                float(item in session.searched),
+                float(item in searched),
                 offset if last_clicked else 0.0,
-                max(-2.0, min(2.0, math.log(prices[p]) - session_price)) if session_price and prices[p] else 0.0,
+                max(-2.0, min(2.0, log(price) - session_price)) if session_price and price else 0.0,
                 *context,
             ])
         return rows

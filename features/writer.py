@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 
 from relevo.core.keys import Keys, dedupe_buckets, shard_of
 from relevo.core.lua import script
+from relevo.core.redis import AnyRedis, run_scripts
 from relevo.features.batch import DEFS, BatchUpdate
 from relevo.features.definitions import FEATURES
 from relevo.features.updates import apply_event
@@ -37,7 +36,6 @@ from relevo.streams.eventtime import POSITION, SOURCE
 
 CLAIM_LUA = script(__package__, "claim.lua")
 APPLY_LUA = script(__package__, "apply.lua")
-Redis = aioredis.Redis | RedisCluster
 
 
 def position(event: Event) -> str:
@@ -77,7 +75,7 @@ class FeatureWriter:
 
     name = "features"
 
-    def __init__(self, redis: Redis, keys: Keys, dedupe_window_s: int = 3600,
+    def __init__(self, redis: AnyRedis, keys: Keys, dedupe_window_s: int = 3600,
                  max_events_per_call: int = 2000) -> None:
         self.redis, self.keys, self.window_s = redis, keys, dedupe_window_s
         self.max_events = max_events_per_call  # bounds how long Redis is busy with one script
@@ -95,13 +93,6 @@ class FeatureWriter:
         if fresh:
             await self._apply_all(fresh)
 
-    async def _calls(self, calls: list[tuple[Any, list[str], bytes]]) -> list[Any]:
-        """Run script calls (each within one shard) in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call, keys, payload in calls:
-                await call(keys=keys, args=[payload], client=pipe)
-            return await pipe.execute()
-
     async def _claims(self, events: Sequence[Event], repeated: int) -> set[str]:
         by_shard: dict[int, list[list[str]]] = {}
         for event in events:
@@ -111,14 +102,14 @@ class FeatureWriter:
         for shard, ids in by_shard.items():
             buckets, ttl = dedupe_buckets(self.keys.in_shard(shard, "seen"), self.window_s, now)
             calls.append((self._claim, [*buckets, self.keys.in_shard(shard, "counts")],
-                          orjson.dumps({"ids": ids, "ttl": ttl})))
-        results = await self._calls(calls)
+                          [orjson.dumps({"ids": ids, "ttl": ttl})]))
+        results = await run_scripts(self.redis, calls)
         if repeated:  # the same id twice within one batch: the later ones are duplicates
             await self.redis.hincrby(self.keys.in_shard(0, "counts"), "events_duplicate", repeated)
         return {d.decode() for found in results for d in found}
 
-    def _call(self, shard: int, rows: list[list[Any]], events: Sequence[Event], t_ref: int
-              ) -> tuple[Any, list[str], bytes]:
+    def _call(self, shard: int, rows: list[list[Any]], positions: dict[str, list[int]], t_ref: int
+              ) -> tuple[Any, list[str], list[bytes]]:
         keys = [self.keys.in_shard(shard, "applied"), self.keys.in_shard(shard, "latest")]
         groups = []
         for index, key, flat in rows:
@@ -126,16 +117,17 @@ class FeatureWriter:
             keys.append(key)
             if FEATURES[index].aggregation == "decayed":
                 keys.append(key + "~L")
-        payload = {"positions": _positions(events), "t_ref": t_ref, "defs": DEFS, "groups": groups}
-        return self._apply, keys, orjson.dumps(payload)
+        payload = {"positions": positions, "t_ref": t_ref, "defs": DEFS, "groups": groups}
+        return self._apply, keys, [orjson.dumps(payload)]
 
     async def _apply_all(self, events: Sequence[Event]) -> None:
-        batch = _aggregate(events)
-        # shard -> (its rows, the events they came from, the time their decayed values are relative to)
-        pending = {shard: (rows, events, batch.t_ref) for shard, rows in batch.by_shard(self.keys).items()}
+        batch, positions = _aggregate(events), _positions(events)
+        # shard -> (its rows, the events they came from, their positions, the time decayed values are relative to)
+        pending = {shard: (rows, events, positions, batch.t_ref) for shard, rows in batch.by_shard(self.keys).items()}
         while pending:
             shards = list(pending)
-            results = await self._calls([self._call(shard, *pending[shard]) for shard in shards])
+            results = await run_scripts(self.redis, [self._call(shard, rows, spans, t_ref)
+                                                     for shard, (rows, _, spans, t_ref) in pending.items()])
             retry = {}
             for shard, result in zip(shards, results, strict=True):
                 if result[0] == b"overlap":  # read again after a crash: apply only what this shard lacks
@@ -144,7 +136,7 @@ class FeatureWriter:
                     again = _aggregate(rest)
                     rows = again.by_shard(self.keys).get(shard)
                     if rows:
-                        retry[shard] = (rows, rest, again.t_ref)
+                        retry[shard] = (rows, rest, _positions(rest), again.t_ref)
             pending = retry
 
     async def tick(self) -> None:

@@ -102,18 +102,18 @@ class ExamplesBuilder:
 
     def apply(self, events: Sequence[Event], horizon: float, reach: int) -> None:
         """Apply events (in event-time order); finalise the searches the stream has moved past."""
-        last = None
         for event in _first_sight(self.state, events, self.remember):
+            # what the stream has moved past is final before the next event: batch boundaries never matter
+            self._finalise(event["ts"] - self.wait_ms)
             if event["type"] == "search":
                 self._open(event)
             else:
                 self._label(event)
             self.state.context.observe(event)
-            last = event["ts"]
         if horizon == float("inf"):
             self._finalise(None)
-        elif last is not None or horizon != float("-inf"):
-            self._finalise(int(max(horizon, last or 0)) - self.wait_ms)
+        elif horizon != float("-inf"):
+            self._finalise(int(horizon) - self.wait_ms)
 
     def _open(self, search: Event) -> None:
         results = list(search.get("results", ()))
@@ -142,11 +142,11 @@ class ExamplesBuilder:
                 pending.labels[i] = max(pending.labels[i], grade)
 
     def _finalise(self, until_ts: int | None) -> None:
-        """Move searches at or before ``until_ts`` (all when None) into the outgoing batch."""
+        """Move searches before ``until_ts`` (all when None) into the outgoing batch."""
         state = self.state
         while state.pending:
             search_id, pending = next(iter(state.pending.items()))
-            if until_ts is not None and pending.example["ts"] > until_ts:
+            if until_ts is not None and pending.example["ts"] >= until_ts:
                 break
             del state.pending[search_id]
             session = state.by_session[pending.session_id]

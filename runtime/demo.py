@@ -71,6 +71,7 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
         log.info("replayed %d events in %.1fs; waiting for the worker to apply them", len(events),
                  time.monotonic() - started)
         summary = asyncio.run(_wait_and_summarise(runtime, len(events), sent))
+        runtime.wait_drained()  # the region and global stages have applied everything: drift and examples final
         summary["elapsed_s"] = round(time.monotonic() - started, 1)
         summary["models"] = _models(runtime.settings, started_at)
         with httpx.Client(base_url=runtime.api_url, timeout=5) as api:

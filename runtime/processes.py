@@ -23,12 +23,32 @@ import httpx
 import redis
 
 from relevo.core.keys import Keys
-from relevo.core.redis import connect_sync
+from relevo.core.redis import connect, connect_sync
 from relevo.core.settings import Settings
+from relevo.drift.combined import STAGE as GLOBAL
 from relevo.runtime.stack import EmbeddedStack, free_port
-from relevo.streams.topics import ensure_topics
+from relevo.streams.lag import end_offset
+from relevo.streams.regions import STAGE as REGIONS
+from relevo.streams.stages import Snapshots
+from relevo.streams.topics import DRIFT_GLOBAL, ensure_topics
 
 log = logging.getLogger(__name__)
+
+
+async def _drained(settings: Settings) -> bool:
+    redis, keys = connect(settings.redis_url), Keys(settings.key_prefix)
+    try:
+        for partition in range(settings.partitions):
+            saved = await Snapshots(redis, keys, REGIONS).load(partition)
+            merge = saved[1]["merge"] if saved else None
+            if merge is None or len(merge) or merge.watermark() != float("inf"):
+                return False
+        if "drift" not in settings.processor_names:
+            return True
+        saved = await Snapshots(redis, keys, GLOBAL).load(0)
+        return saved is not None and saved[0] + 1 >= await end_offset(settings, settings.topic(DRIFT_GLOBAL))
+    finally:
+        await redis.aclose()
 
 
 def stack_file(settings: Settings) -> Path:
@@ -148,6 +168,19 @@ class Runtime(AbstractContextManager["Runtime"]):
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"the API did not answer within {timeout:.0f}s; see {self.logs}/api.log")
+
+    def drained(self) -> bool:
+        """Whether the keyed stages have applied everything the event topics hold: every region
+        partition's snapshot has every source idle and nothing buffered, and the global stage has
+        read every bucket (what a bounded replay waits for before it reads alerts)."""
+        return asyncio.run(_drained(self.settings))
+
+    def wait_drained(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.drained():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the stages did not drain within {timeout:.0f}s; see {self.logs}")
+            time.sleep(0.5)
 
     def wait_for_interrupt(self) -> None:
         """Block until Ctrl-C or SIGTERM, or until a worker exits."""

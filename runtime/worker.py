@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
+from relevo.drift.combined import STAGE as GLOBAL
 from relevo.drift.combined import GlobalDrift
 from relevo.drift.regional import RegionalDrift
 from relevo.drift.sinks import AlertStore, MetricsSink, Sink, TopicSink, WebhookSink
@@ -107,10 +108,10 @@ def build_stages(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs:
     if "drift" in settings.processor_names:
         store = AlertStore(redis, keys)
         stages.append(PartitionedStage(
-            "global", topic=settings.topic(DRIFT_GLOBAL), group=f"{settings.app_id}-global",
+            GLOBAL, topic=settings.topic(DRIFT_GLOBAL), group=f"{settings.app_id}-{GLOBAL}",
             make_state=lambda _, dump: GlobalDrift(settings.partitions, store, sinks,
                                                    cooldown_ms=settings.drift_cooldown_s * 1000, dump=dump),
-            snapshots=Snapshots(redis, keys, "global"), **common))
+            snapshots=Snapshots(redis, keys, GLOBAL), **common))
     return stages
 
 

@@ -33,3 +33,14 @@ async def consumer_lag(settings: Settings) -> dict[str, int]:
     for source, (following, end) in (await group_positions(settings)).items():
         lag[source.rpartition(":")[0]] += max(0, end - following)
     return lag
+
+
+async def end_offset(settings: Settings, topic: str, partition: int = 0) -> int:
+    """The offset the next record of ``topic``'s ``partition`` will get."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        return (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()

@@ -3,22 +3,21 @@
 Decode and validate every record; send what fails to the dead-letter topic with
 its original bytes and the reason; hand the valid events to each processor. Each
 event carries its source (topic:partition) and position (offset, index in the
-record), and the ``SourceProgress`` hears of every record and event, so event-time
-operators downstream know where each source stands.
+record), and once every processor is done with a batch the ``SourceProgress``
+hears of its records and events, so event-time operators downstream know where
+each source stands (never ahead of what was forwarded).
 Input can never crash the worker. When Redis is unreachable the batch is
 retried until it lands: acknowledging it would lose events.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import redis.exceptions
-
+from relevo.core.redis import retrying
 from relevo.core.stats import WorkerStats
 from relevo.streams.events import Event, Reject, decode_record, encode
 from relevo.streams.eventtime import POSITION, SOURCE, SourceProgress
@@ -27,7 +26,6 @@ from relevo.streams.processors import BatchProcessor
 log = logging.getLogger(__name__)
 
 SendDLQ = Callable[[bytes, dict[str, str]], Awaitable[None]]
-RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,6 @@ class EventPipeline:
             source = f"{record.topic}:{record.partition}"  # event-time operators keep a watermark per source
             for index, event in enumerate(valid):
                 event[SOURCE], event[POSITION] = source, (record.offset, index)
-            if self.progress is not None:
-                self.progress.record(source, record.offset)
-                for event in valid:
-                    self.progress.event(source, event["ts"])
             events.extend(valid)
             per_topic[record.topic] += len(valid)
             for reject in rejects:
@@ -74,6 +68,11 @@ class EventPipeline:
                 reasons.append(reject.reason)
         for processor in self.processors:
             await self._run(processor, events)
+        if self.progress is not None:  # only now: what the sources report must already be forwarded
+            for record in records:
+                self.progress.record(f"{record.topic}:{record.partition}", record.offset)
+            for event in events:
+                self.progress.event(event[SOURCE], event["ts"])
         # Lists, not generators: a retried call must see the same inputs again.
         topics, produced = [r.topic for r in records], [r.timestamp_ms for r in records]
         await self._retrying(lambda: self.stats.record(topics, per_topic, reasons, produced))
@@ -93,14 +92,7 @@ class EventPipeline:
                 await self.send_dlq(encode(event), {"reason": reason, "topic": self._topic_of[event["type"]]})
 
     async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
-        wait = 0.1
-        while True:
-            try:
-                return await call()
-            except RETRYABLE as exc:
-                log.warning("store unavailable (%s); retrying in %.1fs", exc, wait)
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self.max_retry_wait_s)
+        await retrying(call, self.max_retry_wait_s)
 
     async def tick(self) -> None:
         """Every second, batches or not: processors that report on time (the region stream's marks)."""

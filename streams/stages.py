@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from relevo.core.keys import Keys
+from relevo.core.redis import retrying
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,11 @@ class PartitionedStage:
                         continue  # revoked meanwhile
                     state.handle([r.value for r in records])
                     self.offsets[tp.partition] = records[-1].offset
-                    await state.flush()
+                    await retrying(state.flush)
                 if time.monotonic() - self._saved_at >= self.checkpoint_s:
-                    await self.checkpoint(list(self.states))
+                    await retrying(lambda: self.checkpoint(list(self.states)))
         finally:
-            await self.checkpoint(list(self.states))
+            await retrying(lambda: self.checkpoint(list(self.states)))
             await self.consumer.stop()
 
     async def checkpoint(self, partitions: Sequence[int]) -> None:

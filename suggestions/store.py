@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from relevo.core.decay import rate_per_ms
 from relevo.core.keys import Keys, dedupe_buckets, safe_id, shard_of
 from relevo.core.lua import script
+from relevo.core.redis import run_scripts
 from relevo.suggestions.config import DEFAULT_CONFIG, SuggestConfig
 from relevo.suggestions.ranking import Candidate
 
@@ -123,15 +124,15 @@ class SuggestionStore:
         for event in events:
             by_base.setdefault(self.base(event.query), []).append(event)
         step = self.config.script_events
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for base, group in by_base.items():
-                for start in range(0, len(group), step):
-                    await self._update(keys=[base], args=[self.payload(base, group[start:start + step])], client=pipe)
-            for event in events:
-                if event.search_id:
+        await run_scripts(self.redis, [(self._update, [base], [self.payload(base, group[start:start + step])])
+                                       for base, group in by_base.items() for start in range(0, len(group), step)])
+        searches = [e for e in events if e.search_id]
+        if searches:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in searches:
                     pipe.set(self.search_key(event.search_id), orjson.dumps(asdict(event)),
                              ex=self.config.search_memory_s)
-            await pipe.execute()
+                await pipe.execute()
 
     async def searches(self, search_ids: Sequence[str]) -> dict[str, QueryEvent]:
         """The remembered searches among ``search_ids`` (one round trip; one key per search)."""

@@ -38,3 +38,12 @@ def redis_db(redis_url: str) -> Iterator[redis.Redis]:
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with kafka_server(tmp_path_factory.mktemp("kafka")) as server:
         yield f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real three-master Redis Cluster (the embedded server), every slot assigned."""
+    from tests.clusterkit import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url

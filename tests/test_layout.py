@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The distribution as ``pip install .`` would install it, built into a wheel."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source") / "relevo"
+    # built from a copy: a build writes build/ and *.egg-info/ beside the sources it builds
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", ".relevo", "build", "*.egg-info",
+                                                              "__pycache__", "bench", "tests", "deploy"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                    check=True, capture_output=True)
     return next(out.glob("relevo-*.whl"))
 
