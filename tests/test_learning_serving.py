@@ -47,7 +47,7 @@ def client(tmp_path: Path) -> TestClient:
 
 
 def test_models_are_listed_newest_first_with_their_figures(client: TestClient) -> None:
-    body = client.get("/v1/models").json()
+    body = client.get("/v1/models", headers=ADMIN).json()
     assert body["serving"] == 2 and [v["version"] for v in body["versions"]] == [2, 1]
     assert body["versions"][0]["parent"] == 1 and body["versions"][0]["figures"]["prequential_mrr"] == 0.5
 
