@@ -61,7 +61,7 @@ class Settings:
                                         "longest the API waits for Redis (a connection or an answer): then 503")
     ready_timeout_s: float = _env_field("RELEVO_READY_TIMEOUT_S", 1.0, "longest each /readyz check may take")
     registry_keep: int = _env_field("RELEVO_REGISTRY_KEEP", 20,
-                                    "model versions kept (plus the serving one and its rollback target)")
+                                    "versions the trainer keeps, plus the serving one and its rollback target (0: all)")
     max_batch_bytes: int = _env_field("RELEVO_MAX_BATCH_BYTES", 4 * 1024 * 1024, "largest ingest body")
     max_batch_events: int = _env_field("RELEVO_MAX_BATCH_EVENTS", 10_000, "most events in one ingest call")
     max_event_bytes: int = _env_field("RELEVO_MAX_EVENT_BYTES", 64 * 1024, "largest single event")

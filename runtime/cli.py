@@ -53,12 +53,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from relevo.runtime.processes import Runtime
+    from relevo.runtime.processes import Runtime, stack_file
 
     with Runtime(settings, workers=args.workers, trainer=True) as runtime:
-        log.info("Relevo is up: API %s (docs %s/docs), Kafka %s, Redis %s. Ctrl-C stops everything.",
+        log.info("Relevo is up: API %s (docs %s/docs), Kafka %s, Redis %s; API keys of this run in %s. "
+                 "Crashed processes are restarted; Ctrl-C stops everything.",
                  runtime.api_url, runtime.api_url, runtime.settings.kafka_bootstrap_servers,
-                 runtime.settings.redis_url)
+                 runtime.settings.redis_url, stack_file(runtime.settings))
         runtime.wait_for_interrupt()
     return 0
 
@@ -103,7 +104,7 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _need_servers(settings, "trainer", redis=False)
     torch.set_num_threads(args.threads)  # small models: extra threads only contend on a busy CPU
-    registry = Registry(args.registry or registry_dir(settings))
+    registry = Registry(args.registry or registry_dir(settings), keep=settings.registry_keep or None)
     trainer = Trainer(registry, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log.info("trainer on %s, registry %s, serving v%s", trainer.device, registry.root, trainer.version)
     try:
