@@ -91,7 +91,9 @@ class Supervisor:
     def status(self) -> dict[str, TaskStatus]:
         return dict(self._status)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Cancel every task; wait at most ``timeout_s`` (a task inside a thread ends when the thread does)."""
         for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks.values(), timeout=timeout_s)
