@@ -188,7 +188,8 @@ class Runtime(AbstractContextManager["Runtime"]):
                     due[name] = time.monotonic() + delay
                     log.error("%s exited with code %s; restarting it in %.0f s (see %s)", name, proc.returncode,
                               delay, self.logs)
-                elif time.monotonic() >= due.pop(name):
+                elif time.monotonic() >= due[name]:
+                    del due[name]
                     try:
                         restart()
                     except Exception as exc:  # a server that cannot start yet: try again later
