@@ -174,10 +174,11 @@ class Runtime(AbstractContextManager["Runtime"]):
             children.append((server.name, server.proc, server.start))
         return children
 
-    def supervise(self, stop: threading.Event, every_s: float = 0.5) -> None:
-        """Until ``stop`` is set: restart each child that exited, after a backoff (1 s doubling to 30 s,
-        reset after a minute up), saying so in the log; everything else keeps running."""
-        backoffs: defaultdict[str, Backoff] = defaultdict(Backoff)
+    def supervise(self, stop: threading.Event, every_s: float = 0.5,
+                  backoff: Callable[[], Backoff] = Backoff) -> None:
+        """Until ``stop`` is set: restart each child that exited, after a backoff (by default 1 s doubling
+        to 30 s, reset after a minute up), saying so in the log; everything else keeps running."""
+        backoffs: defaultdict[str, Backoff] = defaultdict(backoff)
         due: dict[str, float] = {}  # child name -> when to start it again
         while not stop.wait(every_s):
             for name, proc, restart in self._children():
@@ -210,7 +211,7 @@ class Runtime(AbstractContextManager["Runtime"]):
             time.sleep(0.2)
         raise TimeoutError(f"workers did not join within {timeout:.0f}s; see {self.logs}")
 
-    def wait_api(self, timeout: float = 30.0) -> None:
+    def wait_api(self, timeout: float = 120.0) -> None:  # a busy machine takes tens of seconds to import torch
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.api is not None and self.api.poll() is not None:
