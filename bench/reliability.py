@@ -131,7 +131,7 @@ def schemathesis_run(api: str, key: str, cases: int) -> dict[str, Any]:
     wait_for(lambda: search_ready(api, key), 300, "search to load its catalog")
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    per_op = max(1, -(-cases // len(operations)))
+    per_op = 2 * max(1, -(-cases // len(operations)))  # some operations have only a few distinct cases
     done, errors = 0, []
     for operation in operations:
         @hypothesis.settings(max_examples=per_op, deadline=None, database=None, derandomize=True,
@@ -243,9 +243,11 @@ def worker_kills(rt: Runtime, client: redis.Redis, kills: int, n_events: int) ->
     for point in points:
         if not wait_for(lambda at=point: sum(counters(client)) >= at, 300, f"{point} events"):
             break
-        kill(rt.workers[0])
+        victim = rt.workers[0]
+        kill(victim)
         done += 1
         log.info("killed the worker at %d events (kill %d of %d)", sum(counters(client)), done, kills)
+        wait_for(lambda v=victim: rt.workers[0] is not v, 60, "the supervisor to restart the worker")
     sender.join()
     wait_for(lambda: counters(client)[0] >= n_events, 600, "the replay after the kills")
     applied, duplicates = counters(client)
