@@ -13,7 +13,7 @@
 
 Baseline in the same run: the worker's RSS and Redis memory on an idle stack, before anything.
 
-    python -m bench.reliability [--cases 1000] [--fuzz 6000] [--kills 20] [--flood 200000]
+    pip install -e '.[bench]' && python -m bench.reliability [--cases 1000] [--fuzz 6000] [--kills 20] [--flood 200000]
 """
 
 from __future__ import annotations
