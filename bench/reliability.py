@@ -9,7 +9,8 @@
 4. SIGKILL of the trainer, of Redis and of the broker, each followed by fresh events: are they
    applied without a manual restart, and are the features still exact?
 5. floods of unique users, items and queries and every region code the contract admits,
-   with worker RSS, API RSS and Redis memory before and after.
+   with worker RSS, API RSS and Redis memory before and after (before the broker restart of 4,
+   which comes last: an in-memory broker returns without its log).
 
 Baseline in the same run: the worker's RSS and Redis memory on an idle stack, before anything.
 
@@ -278,7 +279,29 @@ def after_restart(rt: Runtime, client: redis.Redis, name: str, victim, seed: int
     wait_for(lambda: counters(client)[0] >= total, 90, f"{name}: events after the restart")
     applied = counters(client)[0]
     return {"restarted": back, "restart_s": restart_s, "events": total, "applied": applied,
-            "lost": total - applied, "wrong_features": mismatches(client, "rv", f"ref-{name}", after[-1]["ts"])}
+            "lost": total - applied, "wrong_features": mismatches(client, "rv", f"ref-{name}", after[-1]["ts"]),
+            "reference": f"ref-{name}", "as_of": after[-1]["ts"]}
+
+
+def redrive_processing_failures(rt: Runtime, client: redis.Redis, outcome: dict[str, Any]) -> dict[str, Any]:
+    """What ``relevo dlq redrive --reason processing`` recovers once the worker is healthy again
+    (a restarted worker: the writer's script cache is rebuilt), against the same reference."""
+    from relevo.streams.dlq import redrive
+
+    victim = rt.workers[0]
+    kill(victim)
+    wait_for(lambda: rt.workers[0] is not victim and rt.workers[0].poll() is None, 60, "worker back")
+    rt.wait_workers_ready(since_ms=int(time.time() * 1000) - 2000, timeout=120)
+
+    async def go() -> Any:
+        letters = [letter async for letter in dead_letters(rt.settings) if letter.reason.startswith("processing")]
+        return await redrive(rt.settings, letters)
+    report = asyncio.run(go())
+    total = outcome["events"]
+    wait_for(lambda: counters(client)[0] >= total, 120, "the re-driven events")
+    applied = counters(client)[0]
+    return {"redriven": report.events_sent, "lost": total - applied,
+            "wrong_features": mismatches(client, "rv", outcome["reference"], outcome["as_of"])}
 
 
 def trainer_kill(rt: Runtime) -> dict[str, Any]:
@@ -316,6 +339,11 @@ def flood(rt: Runtime, client: redis.Redis, n: int) -> dict[str, Any]:
     return {"events": n, "regions": len(regions), "before": before, "after": after}
 
 
+def restarted(what: str, r: dict[str, Any]) -> list[object]:
+    return [what, f"back: {r['restarted']} after {r['restart_s']} s",
+            f"{r['lost']} of {r['events']} events not applied, {r['wrong_features']} wrong feature keys"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=1000, help="schemathesis cases over the whole OpenAPI")
@@ -347,16 +375,16 @@ def main() -> None:
             log.info("worker kills: %s", kills)
             trainer = trainer_kill(rt)
             log.info("trainer kill: %s", trainer)
-            # Redis first: the in-memory broker's restart loses the log, and with it the worker's footing.
             redis_restart = after_restart(rt, client, "redis", lambda: rt.stack.servers[1].proc, seed=51)
             log.info("redis restart: %s", redis_restart)
-            broker = after_restart(rt, client, "broker", lambda: rt.stack.servers[0].proc, seed=41)
-            log.info("broker restart: %s", broker)
-            kill(rt.workers[0])  # a clean worker for the flood, whatever the restarts left behind
-            wait_for(lambda: rt.workers[0].poll() is None, 90, "worker back")
-            rt.wait_workers_ready(since_ms=int(time.time() * 1000) - 2000, timeout=120)
+            recovered = redrive_processing_failures(rt, client, redis_restart)
+            log.info("after re-driving the processing failures: %s", recovered)
             flooded = flood(rt, client, args.flood)
             log.info("flood: %s", flooded)
+            # Last: the in-memory broker comes back without its log, and the worker group's committed
+            # offsets then point past the new log's end.
+            broker = after_restart(rt, client, "broker", lambda: rt.stack.servers[0].proc, seed=41)
+            log.info("broker restart: %s", broker)
         finally:
             stop.set()
             supervisor.join()
@@ -372,19 +400,21 @@ def main() -> None:
          f"{kills['seconds']} s", f"{kills['lost']} lost, {kills['redelivered_skipped']} redelivered and skipped, "
          f"{kills['wrong_features']} wrong feature keys"],
         ["trainer SIGKILLed", "supervisor restart", f"back: {trainer['restarted']} after {trainer['restart_s']} s"],
-        *([f"{name} SIGKILLed mid-stream", f"back: {r['restarted']} after {r['restart_s']} s",
-           f"{r['lost']} of {r['events']} events not applied, {r['wrong_features']} wrong feature keys"]
-          for name, r in (("Redis (AOF)", redis_restart), ("broker (in memory)", broker))),
+        restarted("Redis (AOF) SIGKILLed mid-stream", redis_restart),
+        ["then `relevo dlq redrive --reason processing`, worker restarted",
+         f"{recovered['redriven']} events re-driven",
+         f"{recovered['lost']} still not applied, {recovered['wrong_features']} wrong feature keys"],
+        restarted("broker (in memory) SIGKILLed mid-stream", broker),
         [f"flood: {flooded['events']:,} unique users/items/queries, {flooded['regions']:,} regions (every code)",
          "before -> after", f"worker RSS {b['worker_rss_mb']:.0f} -> {a['worker_rss_mb']:.0f} MB, API RSS "
          f"{b['api_rss_mb']:.0f} -> {a['api_rss_mb']:.0f} MB, Redis {b['redis_mb']:.0f} -> {a['redis_mb']:.0f} MB"],
         ["baseline: idle stack before the campaign", "", f"worker RSS {baseline['worker_rss_mb']:.0f} MB, "
          f"Redis {baseline['redis_mb']:.1f} MB"],
     ]
-    lost = fuzz["lost"] + kills["lost"] + broker["lost"] + redis_restart["lost"]
+    lost = fuzz["lost"] + kills["lost"] + broker["lost"] + recovered["lost"]
     notes = ("Loopback, embedded stack (Tansu in memory, Valkey with AOF), one worker, trainer and API, "
              "`relevo up`'s supervisor restarting what was killed. `lost` sums valid events never applied "
-             "over the fuzz, the kills and both server restarts.")
+             "over the fuzz, the kills, the Redis restart after re-driving its dead letters, and the broker restart.")
     record("Reliability campaign", None, table(["what", "load", "outcome"], rows), notes)
     print(f"RESULT reliability cases={st['cases']} server_errors={st['server_errors']} lost={lost} "
           f"worker_rss_mb={a['worker_rss_mb']:.0f} redis_mb={a['redis_mb']:.0f} "
