@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import record, table
 from relevo.core.settings import Settings
 from relevo.runtime.stack import ChildServer, broker_binary, kafka_server
 from relevo.streams.logread import read_log
 from relevo.streams.producer import EventProducer
-
-from bench.report import record, table
 from tests.streamkit import synthetic_events
 
 log = logging.getLogger("bench.broker_storage")

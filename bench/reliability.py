@@ -38,6 +38,8 @@ import httpx
 import orjson
 import redis
 import redis.asyncio as aioredis
+
+from bench.report import record, table
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.core.supervision import Backoff
@@ -45,9 +47,8 @@ from relevo.features.writer import FeatureWriter
 from relevo.runtime.processes import Runtime, first_key
 from relevo.streams.dlq import dead_letters
 from relevo.streams.producer import EventProducer
-
-from bench.report import record, table
 from tests.streamkit import T0, decayed_as_of, synthetic_events
+from tests.streamkit import counters as shard_counters
 
 log = logging.getLogger("bench.reliability")
 
@@ -65,7 +66,9 @@ def redis_mb(client: redis.Redis) -> float:
 
 
 def counters(client: redis.Redis) -> tuple[int, int]:
-    return int(client.hget("rv:stats", "events_applied") or 0), int(client.hget("rv:stats", "events_duplicate") or 0)
+    """Events applied and duplicates skipped, summed over the feature shards."""
+    found = shard_counters(client, "rv")
+    return found.get("events_applied", 0), found.get("events_duplicate", 0)
 
 
 def wait_for(condition, timeout: float, what: str) -> bool:  # type: ignore[no-untyped-def]

@@ -2,14 +2,16 @@
 
 For a Redis that lost its data (or features built by a buggy version): the event
 topics are read from the beginning to where they end now (``relevo.streams.logread``),
-validated with the contract, and applied through the same ``FeatureWriter`` the
-worker uses, so the result is what the worker would have written. Running workers
-may go on meanwhile: the writer de-duplicates event ids, so an event both apply
+validated with the contract, marked with the read position the worker's pipeline
+gives them, and applied through the same ``FeatureWriter`` the worker uses, so the
+result is what the worker would have written. Running workers may go on meanwhile:
+the writer claims each event id for its read position, so an event both apply
 counts once. Features exist only for what the log still holds: keep the event
 topics' retention at least as long as the longest feature TTL.
 
-``fresh=True`` first deletes this prefix's features, decay landmarks, dedupe sets and
-stream clock (nothing else: suggestions, drift state and statistics stay);
+``fresh=True`` first deletes this prefix's features, decay landmarks and the writer's
+per-shard bookkeeping (claimed ids, applied positions, latest time, counts); nothing
+else: suggestions, drift and region state, the stream clock and worker statistics stay;
 without it the rebuild refuses to run over existing features, which it would count twice.
 """
 
@@ -19,12 +21,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from relevo.core.keys import Keys
+from relevo.core.keys import SHARDS, Keys
+from relevo.core.redis import AnyRedis
 from relevo.core.settings import Settings
 from relevo.features.definitions import FEATURES
 from relevo.features.writer import FeatureWriter
 from relevo.streams.events import decode_record
+from relevo.streams.eventtime import POSITION, SOURCE
 from relevo.streams.logread import read_log
 from relevo.streams.topics import event_topics
 
@@ -48,34 +51,34 @@ def feature_patterns(keys: Keys) -> list[str]:
     """Every key the features processor writes, as SCAN patterns.
 
     >>> feature_patterns(Keys("rv"))[:2], feature_patterns(Keys("rv"))[-2:]
-    (['rv:item:*', 'rv:region:*'], ['rv:seen:*', 'rv:clock'])
+    (['rv:{*}:item:*', 'rv:{*}:region:*'], ['rv:{15}:latest', 'rv:{15}:counts'])
     """
-    return [*(f"{keys.prefix}:{entity}:*" for entity in ENTITIES), f"{keys.seen}:*", keys.clock]
+    bookkeeping = [keys.in_shard(shard, name) for shard in range(SHARDS)
+                   for name in ("seen:*", "applied", "latest", "counts")]
+    return [*(f"{keys.prefix}:{{*}}:{entity}:*" for entity in ENTITIES), *bookkeeping]
 
 
-async def _existing(redis: aioredis.Redis, keys: Keys) -> bool:
+async def _existing(redis: AnyRedis, keys: Keys) -> bool:
     for pattern in feature_patterns(keys)[:len(ENTITIES)]:
         async for _ in redis.scan_iter(match=pattern, count=1000):
             return True
     return False
 
 
-async def clear_features(redis: aioredis.Redis, keys: Keys) -> int:
-    """Delete this prefix's features, landmarks, dedupe sets and clock; returns how many keys."""
+async def clear_features(redis: AnyRedis, keys: Keys) -> int:
+    """Delete this prefix's features, landmarks and the writer's bookkeeping; returns how many keys."""
     deleted = 0
     for pattern in feature_patterns(keys):
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += await redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            deleted += await redis.unlink(*batch)
+        found = [key async for key in redis.scan_iter(match=pattern, count=1000)]
+        for start in range(0, len(found), 1000):
+            async with redis.pipeline(transaction=False) as pipe:  # one key per command: fine on a cluster
+                for key in found[start:start + 1000]:
+                    pipe.unlink(key)
+                deleted += sum(await pipe.execute())
     return deleted
 
 
-async def rebuild_features(settings: Settings, redis: aioredis.Redis, fresh: bool = False,
+async def rebuild_features(settings: Settings, redis: AnyRedis, fresh: bool = False,
                            progress_every_s: float = 5.0) -> RebuildReport:
     """Replay every event topic from its start through the feature writer into ``redis``."""
     keys = Keys(settings.key_prefix)
@@ -91,6 +94,9 @@ async def rebuild_features(settings: Settings, redis: aioredis.Redis, fresh: boo
         events = []
         for record in records:
             valid, rejects = decode_record(record.value, types[record.topic], settings.max_event_bytes)
+            source = f"{record.topic}:{record.partition}"  # the position the worker's pipeline gives each event
+            for index, event in enumerate(valid):
+                event[SOURCE], event[POSITION] = source, (record.offset, index)
             events += valid
             report.rejected += len(rejects)
         await writer.process(events)

@@ -238,13 +238,13 @@ def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_features_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Replay the event topics from their start through the feature writer into Redis."""
-    import redis.asyncio as aioredis
+    from relevo.core.redis import connect
     from relevo.features.rebuild import FeaturesExist, rebuild_features
 
     settings = _need_servers(settings, "features rebuild")
 
     async def go():  # type: ignore[no-untyped-def]
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = connect(settings.redis_url)
         try:
             return await rebuild_features(settings, client, fresh=args.fresh)
         finally:

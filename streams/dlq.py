@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.structs import ConsumerRecord
+
 from relevo.core.settings import Settings
 from relevo.streams.events import Event, decode_record
 from relevo.streams.logread import read_log

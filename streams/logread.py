@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
 from relevo.core.settings import Settings
 
 log = logging.getLogger(__name__)

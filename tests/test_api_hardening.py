@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi.testclient import TestClient
+
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.core.stats import WorkerStats
@@ -26,7 +27,6 @@ from relevo.serving.app import create_app, open_redis
 from relevo.streams.events import decode_record
 from relevo.streams.producer import records
 from relevo.suggestions.service import SuggestService
-
 from tests.streamkit import T0
 
 KEYS = {"ingest_keys": "ing", "read_keys": "rd", "search_keys": "pub", "admin_keys": "adm"}

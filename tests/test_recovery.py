@@ -13,6 +13,7 @@ import time
 import pytest
 import redis
 import redis.asyncio as aioredis
+
 from relevo.core.keys import Keys
 from relevo.features.rebuild import FeaturesExist, clear_features, rebuild_features
 from relevo.features.writer import FeatureWriter
@@ -22,8 +23,7 @@ from relevo.streams.dlq import dead_letters, redrive
 from relevo.streams.events import encode
 from relevo.streams.producer import EventProducer
 from relevo.streams.topics import DLQ
-
-from tests.streamkit import decayed_as_of, running, send, synthetic_events, wait_applied
+from tests.streamkit import counters, decayed_as_of, running, send, synthetic_events, wait_applied
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_redrive_applies_what_was_lost_and_nothing_twice(tmp_path, kafka_bootstr
         rt.wait_workers_ready()
         settings = rt.settings
         send(settings, applied)
-        wait_applied(client, "rd:stats", len(applied))
+        wait_applied(client, "rd", len(applied))
 
         async def dead_letter_and_redrive() -> tuple[int, int]:
             # What a writer that failed on every batch left behind: some events it had applied
@@ -67,8 +67,8 @@ def test_redrive_applies_what_was_lost_and_nothing_twice(tmp_path, kafka_bootstr
             assert first.still_invalid and first.events_sent == again.events_sent == 150
             return first.events_sent, again.events_sent
         asyncio.run(dead_letter_and_redrive())
-        wait_applied(client, "rd:stats", len(applied) + 2 * 150)  # each event counted applied or duplicate
-    assert int(client.hget("rd:stats", "events_applied")) == len(events)
+        wait_applied(client, "rd", len(applied) + 2 * 150)  # each event counted applied or duplicate
+    assert counters(client, "rd")["events_applied"] == len(events)
     assert_same_features(client, "rd", "rd-ref", max(e["ts"] for e in events))
 
 
@@ -80,7 +80,7 @@ def test_features_rebuilt_from_the_log_match_the_worker(tmp_path, kafka_bootstra
     with running(tmp_path, kafka_bootstrap, redis_url, "t-rebuild", "rb") as rt:
         rt.wait_workers_ready()
         send(rt.settings, events, per_record=50)
-        wait_applied(client, "rb:stats", len(events))
+        wait_applied(client, "rb", len(events))
         settings = rt.settings
     as_of = max(e["ts"] for e in events)
     assert_same_features(client, "rb", "rb-ref", as_of)
@@ -131,7 +131,7 @@ def test_a_killed_redis_comes_back_with_every_acknowledged_write(tmp_path) -> No
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert after == before and after
-        assert int(client.hget("dur:stats", "events_applied")) == len(events)
+        assert counters(client, "dur")["events_applied"] == len(events)
         client.close()
 
 
@@ -154,7 +154,7 @@ def test_supervision_restarts_a_crashed_worker(tmp_path, kafka_bootstrap, redis_
             rt.wait_workers_ready(since_ms=int(time.time() * 1000) - 1000, timeout=90)
             events = synthetic_events(100, seed=2, prefix="sv")
             send(rt.settings, events)
-            wait_applied(client, "sv:stats", len(events))  # the restarted worker carries the stream
+            wait_applied(client, "sv", len(events))  # the restarted worker carries the stream
         finally:
             stop.set()
             supervisor.join()
