@@ -101,8 +101,16 @@ def reference(settings: Settings, events: list[dict], prefix: str) -> None:
     asyncio.run(go())
 
 
-def mismatches(client: redis.Redis, got: str, want: str, as_of: int) -> int:
-    """Feature keys whose values differ (beyond float noise) between two prefixes."""
+def mismatches(client: redis.Redis, got: str, want: str, as_of: int, settle_s: float = 30.0) -> int:
+    """Feature keys whose values differ between two prefixes, once the last updates have landed
+    (ids are counted when claimed, just before their updates are applied)."""
+    deadline = time.monotonic() + settle_s
+    while (bad := _mismatches(client, got, want, as_of)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return bad
+
+
+def _mismatches(client: redis.Redis, got: str, want: str, as_of: int) -> int:
     mine, ref = decayed_as_of(client, got, as_of), decayed_as_of(client, want, as_of)
     bad = len(mine.keys() ^ ref.keys())
     for key in mine.keys() & ref.keys():

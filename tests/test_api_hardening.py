@@ -254,5 +254,5 @@ def test_readyz_reports_each_dependency(api) -> None:
         time.sleep(0.2)
     body = api.get("/readyz").json()
     assert body["ready"] is True
-    assert {"redis", "broker", "follower events", "follower model updates", "follower catalog"} <= set(body["checks"])
+    assert {"redis", "broker", "follower regions", "follower model updates", "follower catalog"} <= set(body["checks"])
     assert "model" in body["info"] and "search" in body["info"]
