@@ -18,6 +18,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from bench.report import record, table
 from relevo.core.settings import Settings
@@ -75,7 +76,9 @@ def main() -> None:
     url = pg.get_uri()
     pg_start_s = time.perf_counter() - started
     log.info("embedded Postgres at %s after %.1f s", url, pg_start_s)
-    broker = postgres_broker(tmp / "pgbroker", url.replace("postgresql://", "postgres://")).start()
+    # The wheel's server listens on a Unix socket only: name it as a percent-encoded host.
+    socket_dir = quote(str(tmp / "pg"), safe="")
+    broker = postgres_broker(tmp / "pgbroker", f"postgres://postgres@{socket_dir}/postgres").start()
     try:
         bootstrap = f"127.0.0.1:{broker.port}"
         produce_s, read_s, pg_size = asyncio.run(produce_and_read(bootstrap, events))
