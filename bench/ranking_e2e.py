@@ -50,7 +50,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     events = list(trivago.events(TRIVAGO))[: args.limit]
     with tempfile.TemporaryDirectory() as root:
-        settings = Settings(data_dir=Path(root), registry_dir=str(Path(root) / "models"))
+        settings = Settings(data_dir=Path(root), registry_dir=str(Path(root) / "models"),
+                            registry_keep=0)  # the live MRR reads every version's figures
         with Runtime(settings, workers=1, api=False, trainer=True) as runtime:
             runtime.wait_workers_ready()
             started = time.monotonic()

@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from bench.report import record, table
-from relevo.core.settings import SHARED_DATA
+from relevo.core.settings import SHARED_DATA, Settings
 from relevo.features.context import ContextState
 from relevo.models.live import LiveModel
 from relevo.models.ranker import Ranker, RankerConfig
@@ -89,13 +89,14 @@ def over_http(service, cases, port: int = 8765) -> list[float]:
     app = FastAPI()
     app.include_router(router)
     app.state.search = service
+    app.state.settings = Settings(read_keys="bench-read-key", rate_limit_per_s=0)  # latency, not the limiter
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
     times = []
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": "bench-read-key"}) as client:
         for query, region, locale in cases:
             started = time.perf_counter()
             response = client.get("/v1/search", params={"q": query, "user_id": "u1", "region": region,

@@ -26,7 +26,7 @@ from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.core.stats import percentile
 from relevo.features.online import OnlineStore
-from relevo.runtime.processes import Runtime
+from relevo.runtime.processes import Runtime, first_key
 from relevo.streams.datasets import open_dataset
 from relevo.streams.producer import EventProducer
 
@@ -60,7 +60,8 @@ def main() -> None:
     users = [u for u, _ in Counter(e["user_id"] for e in events).most_common(200)]
     regions = [r for r, _ in Counter(e["region"] for e in events).most_common(20)]
     tmp = Path(tempfile.mkdtemp(prefix="relevo-serving-"))
-    with Runtime(Settings(data_dir=tmp, api_port=0), workers=1) as rt:
+    with Runtime(Settings(data_dir=tmp, api_port=0, rate_limit_per_s=0), workers=1) as rt:  # latency, not the limiter
+        read_key = {"X-API-Key": first_key(rt.settings, "read")}
         rt.wait_workers_ready()
 
         async def load() -> None:
@@ -70,8 +71,9 @@ def main() -> None:
         client = redis.Redis.from_url(rt.settings.redis_url)
         while int(client.hget("rv:stats", "events_applied") or 0) < len(events) - 10:
             time.sleep(0.5)
-        with httpx.Client(base_url=rt.api_url) as http:  # the API loads its search catalog in the background:
-            deadline = time.monotonic() + 180            # measure once that work is done, not beside it
+        # The API loads its search catalog in the background: measure once that work is done, not beside it.
+        with httpx.Client(base_url=rt.api_url, headers=read_key) as http:
+            deadline = time.monotonic() + 180
             while http.get("/v1/search", params={"q": "x"}).status_code == 503 and time.monotonic() < deadline:
                 time.sleep(1)
         time.sleep(5)  # the worker's last commits and the API's event follower settle
@@ -89,7 +91,7 @@ def main() -> None:
             return out
         direct = asyncio.run(in_process())
 
-        with httpx.Client(base_url=rt.api_url) as http:
+        with httpx.Client(base_url=rt.api_url, headers=read_key) as http:
             def health(i: int) -> None:
                 http.get("/healthz").raise_for_status()
 

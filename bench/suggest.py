@@ -36,7 +36,7 @@ from fastapi import FastAPI
 
 from bench.report import record, table
 from relevo.core.keys import Keys
-from relevo.core.settings import SHARED_DATA
+from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.text import normalize
 from relevo.runtime.stack import free_port, redis_server, wait_for_port
 from relevo.streams.datasets.trivago import events as trivago_events
@@ -49,6 +49,7 @@ PREFIX_LENGTHS = (1, 2, 3, 4, 5)
 TOP_K = 10
 KEYS = Keys("bench")
 REDIS_URL_ENV = "BENCH_SUGGEST_REDIS_URL"
+BENCH_KEY = "bench-read-key"
 FRESH_QUERIES = 50
 COMMAND = " ".join(["python -m bench.suggest", *sys.argv[1:]])
 
@@ -161,6 +162,7 @@ def http_app() -> FastAPI:
     from relevo.serving.suggest import router
     app = FastAPI()
     app.state.suggest = SuggestService(aioredis.Redis.from_url(os.environ[REDIS_URL_ENV]), KEYS)
+    app.state.settings = Settings(read_keys=BENCH_KEY, rate_limit_per_s=0)  # latency, not the limiter
     app.include_router(router)
 
     @app.get("/empty")
@@ -182,7 +184,7 @@ def latency_http(redis_url: str, requests: list[tuple[str, str, str]],
     try:
         wait_for_port(port, proc, "uvicorn", log)
         out: dict[str, tuple[float, float, float]] = {}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": BENCH_KEY}) as client:
             for name in ("empty route over HTTP (floor)", "GET /v1/suggest over HTTP"):
                 samples = []
                 cpu = process_cpu_s(proc.pid)

@@ -2,7 +2,8 @@
 
 An id made only of ``[A-Za-z0-9_.-]`` is used as it is; anything else is hex
 encoded behind a ``~``. So no id can contain the ``:`` that separates key parts,
-and two different ids never map to the same key.
+and two different ids never map to the same key. The whole id must match: a
+trailing newline is encoded too (``re.match`` with ``$`` would let it through).
 
 Every entity's keys carry a hash tag naming one of ``SHARDS`` shards (``{7}``), so
 on a cluster all of an entity's keys share a slot and a writer can apply a batch
@@ -14,6 +15,8 @@ buckets, applied positions, counters) under the same tag.
 'rv:{6}:user:u-1:items'
 >>> k.entity("user", "a:b*", "items")
 'rv:{7}:user:~613a622a:items'
+>>> safe_id("u1\\n")
+'~75310a'
 >>> k.in_shard(4, "applied")
 'rv:{4}:applied'
 >>> buckets, ttl = dedupe_buckets(k.in_shard(4, "seen"), window_s=3600, now_s=7200)
@@ -28,9 +31,10 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEDUPE_BUCKETS = 12  # a dedupe window is covered by this many sets of event ids
 SHARDS = 16  # part of every key's name: changing it moves every key
+CACHED_ID_CHARS = 64  # longer ids are encoded each time: the cache's memory stays bounded
 
 
 def shard_of(text: str) -> int:
@@ -38,12 +42,16 @@ def shard_of(text: str) -> int:
     return zlib.crc32(text.encode()) % SHARDS
 
 
-@lru_cache(maxsize=1 << 18)
+def _encode(value: str) -> str:
+    return value if _SAFE.fullmatch(value) else "~" + value.encode("utf-8").hex()
+
+
+_encode_cached = lru_cache(maxsize=1 << 16)(_encode)  # at most 65,536 short ids: a few MB
+
+
 def safe_id(value: str) -> str:
     """``value`` as a key part that cannot collide or break the key layout."""
-    if _SAFE.match(value):
-        return value
-    return "~" + value.encode("utf-8").hex()
+    return _encode_cached(value) if len(value) <= CACHED_ID_CHARS else _encode(value)
 
 
 def dedupe_buckets(base: str, window_s: int, now_s: float) -> tuple[list[str], int]:

@@ -3,6 +3,12 @@
 >>> s = Settings.from_env({"RELEVO_PARTITIONS": "8", "REDIS_URL": "redis://r:6379/0"})
 >>> s.partitions, s.redis_url, s.embedded_kafka, s.embedded_redis
 (8, 'redis://r:6379/0', True, False)
+>>> sorted(Settings.from_env({"RELEVO_SEARCH_KEYS": "pub-1, pub-2"}).keys_for("search"))
+['pub-1', 'pub-2']
+>>> Settings().keys_for("admin"), Settings.from_env({"RELEVO_DEV": "1"}).keys_for("admin")
+(frozenset(), frozenset({'dev-admin-key'}))
+>>> Settings.from_env({"RELEVO_DEV": "no"}).dev
+False
 >>> Settings.from_env({"RELEVO_PARTITIONS": "many"})
 Traceback (most recent call last):
 ...
@@ -38,8 +44,24 @@ class Settings:
     key_prefix: str = _env_field("RELEVO_KEY_PREFIX", "rv", "prefix of every Redis key")
     api_host: str = _env_field("RELEVO_API_HOST", "127.0.0.1", "HTTP API bind address")
     api_port: int = _env_field("RELEVO_API_PORT", 8000, "HTTP API port (0 picks a free one)")
-    api_keys: str = _env_field("RELEVO_API_KEYS", "dev-ingest-key", "comma-separated ingest API keys")
-    admin_keys: str = _env_field("RELEVO_ADMIN_KEYS", "dev-admin-key", "comma-separated admin API keys")
+    ingest_keys: str = _env_field("RELEVO_INGEST_KEYS", "", "comma-separated API keys that may send events")
+    read_keys: str = _env_field("RELEVO_READ_KEYS", "",
+                                "comma-separated API keys that may read features, alerts, models and personalise")
+    search_keys: str = _env_field("RELEVO_SEARCH_KEYS", "",
+                                  "comma-separated public keys: anonymous search, suggest and query understanding")
+    admin_keys: str = _env_field("RELEVO_ADMIN_KEYS", "", "comma-separated API keys allowed everything")
+    dev: bool = _env_field("RELEVO_DEV", False,
+                           "development mode: with no keys configured, accept dev-<scope>-key for each scope")
+    rate_limit_per_s: float = _env_field("RELEVO_RATE_LIMIT_PER_S", 1000.0,
+                                         "requests per second per API key, per API process (0: no limit)")
+    rate_limit_burst: int = _env_field("RELEVO_RATE_LIMIT_BURST", 2000, "requests a key may send at once")
+    redis_pool_size: int = _env_field("RELEVO_REDIS_POOL_SIZE", 64,
+                                      "Redis connections per API process; requests beyond wait for one")
+    redis_timeout_s: float = _env_field("RELEVO_REDIS_TIMEOUT_S", 2.0,
+                                        "longest the API waits for Redis (a connection or an answer): then 503")
+    ready_timeout_s: float = _env_field("RELEVO_READY_TIMEOUT_S", 1.0, "longest each /readyz check may take")
+    registry_keep: int = _env_field("RELEVO_REGISTRY_KEEP", 20,
+                                    "versions the trainer keeps, plus the serving one and its rollback target (0: all)")
     max_batch_bytes: int = _env_field("RELEVO_MAX_BATCH_BYTES", 4 * 1024 * 1024, "largest ingest body")
     max_batch_events: int = _env_field("RELEVO_MAX_BATCH_EVENTS", 10_000, "most events in one ingest call")
     max_event_bytes: int = _env_field("RELEVO_MAX_EVENT_BYTES", 64 * 1024, "largest single event")
@@ -92,13 +114,11 @@ class Settings:
     def processor_names(self) -> list[str]:
         return [p.strip() for p in self.processors.split(",") if p.strip()]
 
-    @property
-    def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
-
-    @property
-    def admin_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.admin_keys.split(",") if k.strip())
+    def keys_for(self, scope: str) -> frozenset[str]:
+        """The API keys of ``scope`` (ingest, read, search, admin); ``dev-<scope>-key`` only when
+        ``RELEVO_DEV=1`` and none is configured."""
+        configured = frozenset(k.strip() for k in getattr(self, f"{scope}_keys").split(",") if k.strip())
+        return configured or (frozenset({f"dev-{scope}-key"}) if self.dev else frozenset())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -110,9 +130,9 @@ class Settings:
                 continue
             kind = type(f.default)
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
-                noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+                noun = {int: "an integer", float: "a number", bool: "1 or 0"}.get(kind, kind.__name__)
                 raise ValueError(f"{f.metadata['env']} must be {noun}, got {raw!r}") from None
         return cls(**values)
 
@@ -122,6 +142,15 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
 
 
 def describe() -> str:

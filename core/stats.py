@@ -24,7 +24,7 @@ from relevo.core.keys import SHARDS, Keys
 
 FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 SAMPLES_KEPT = 10_000
-_NUMBER = re.compile(r"\d+")
+_KIND = re.compile(r"[A-Za-z][A-Za-z_ ]{0,23}")  # the fixed prefix every reason starts with
 
 
 def bucket_field(ms: float) -> str:
@@ -65,12 +65,20 @@ class WorkerStats:
 
 
 def reason_kind(reason: str) -> str:
-    """A DLQ reason as a bounded metric label: numbers masked, length capped.
+    """A DLQ reason as a metric label from a bounded set: the kind before its first ``": "``.
+
+    Every reason is ``"<kind>: <detail>"`` where the kind is a literal of our code (a contract
+    field, ``malformed JSON``, ``processing``, ...) and the detail may quote what the sender
+    sent; only the kind becomes a label, so attacker text never makes a new series.
+    ``relevo dlq list`` shows the details.
 
     >>> reason_kind("ts: 99999999999999 is more than a day in the future")
-    'ts: N is more than a day in the future'
+    'ts'
+    >>> reason_kind("type: expected one of search, click, purchase, got 'x{i}'"), reason_kind("x" * 99)
+    ('type', 'other')
     """
-    return _NUMBER.sub("N", reason)[:60]
+    kind, sep, _ = reason.partition(": ")
+    return kind if sep and _KIND.fullmatch(kind) else "other"
 
 
 async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:

@@ -10,6 +10,8 @@ as it did at the time.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,6 +38,29 @@ from relevo.features.definitions import (
 from relevo.features.updates import bucket_price
 
 TOP_N = 50
+CONCURRENT_READS = 32  # reads of one batch in flight at once: one request never takes the whole pool
+
+
+class AsOfBeforeClock(ValueError):
+    """A read as of a time before the stream clock: decayed sums can only be projected forward."""
+
+
+def _read_time(requested: int | None, clock: int) -> int:
+    """The time a read is as of: ``requested``, else the clock.
+
+    >>> _read_time(None, 5), _read_time(9, 5)
+    (5, 9)
+    >>> _read_time(1, 5)
+    Traceback (most recent call last):
+    ...
+    relevo.features.online.AsOfBeforeClock: as_of 1 is before the stream clock 5: ...
+    """
+    if requested is None:
+        return clock
+    if requested < clock:
+        raise AsOfBeforeClock(f"as_of {requested} is before the stream clock {clock}: "
+                              "features are kept as of the latest event")
+    return requested
 
 
 def _decayed(rows: list[tuple[bytes, float]], landmark: bytes | None, feature: Feature,
@@ -115,7 +140,7 @@ class OnlineStore:
             for f in latest:
                 self._queue_latest(pipe, f, user_id)
             res = await pipe.execute()
-        as_of = as_of or await self._as_of(res[0])
+        as_of = _read_time(as_of, await self._as_of(res[0]))
         values = {f.name: _decayed(res[1 + 2 * i], res[2 + 2 * i], f, as_of) for i, f in enumerate(decayed)}
         recent_items, recent_queries, sessions = (_members(r) for r in res[1 + 2 * len(decayed):])
         if not (values["regions"] or recent_items or sessions):
@@ -145,7 +170,7 @@ class OnlineStore:
             for f in decayed:
                 self._queue_decayed(pipe, f, region)
             res = await pipe.execute()
-        as_of = as_of or await self._as_of(res[0])
+        as_of = _read_time(as_of, await self._as_of(res[0]))
         items, queries, categories, activity = (
             _decayed(res[1 + 2 * i], res[2 + 2 * i], f, as_of) for i, f in enumerate(decayed))
         if not activity:
@@ -175,6 +200,17 @@ class OnlineStore:
             (by_region.setdefault(region, {}) if region else totals)[counter] = number
         return {"item_id": item_id, **_with_ctr(totals),
                 "by_region": {r: _with_ctr(c) for r, c in sorted(by_region.items())}}
+
+    async def many(self, users: Sequence[str], regions: Sequence[str], items: Sequence[str],
+                   ) -> tuple[list[dict[str, Any] | None], ...]:
+        """Features of many users, regions and items (``None`` where unknown), a bounded number
+        of reads at a time."""
+        reads = [*(self.user(u) for u in users), *(self.region(r) for r in regions),
+                 *(self.item(i) for i in items)]
+        found: list[dict[str, Any] | None] = []
+        for start in range(0, len(reads), CONCURRENT_READS):
+            found += await asyncio.gather(*reads[start:start + CONCURRENT_READS])
+        return found[:len(users)], found[len(users):len(users) + len(regions)], found[len(users) + len(regions):]
 
 
 def _with_ctr(counts: dict[str, float]) -> dict[str, float]:

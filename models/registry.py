@@ -17,6 +17,18 @@ which version serves and which served before it (for rollback).
 (2, 1)
 >>> registry.rollback(2), registry.current()
 (1, 1)
+
+``keep`` bounds the registry: after each publish only the newest ``keep`` versions stay,
+plus the serving one and its rollback target. A metadata file that cannot be read is
+skipped (and logged) by ``versions()``, so one bad file never hides the others.
+
+>>> small = Registry(tempfile.mkdtemp(), keep=2)
+>>> for _ in range(5): _ = small.publish(model, parent=None, window=(0, 1), figures={})
+>>> [v.version for v in small.versions()], small.current()
+([4, 5], 5)
+>>> _ = (small.root / "v000004.json").write_text("{not json")
+>>> [v.version for v in small.versions()]
+[5]
 """
 
 from __future__ import annotations
@@ -107,9 +119,10 @@ def decode_weights(data: bytes, device: str = "cpu") -> Ranker:
 class Registry:
     """Published ranker versions under ``root`` (one writer: the trainer; many readers)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, keep: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep  # None: keep every version
 
     def _weights(self, version: int) -> Path:
         return self.root / f"v{version:06d}.pt"
@@ -117,21 +130,33 @@ class Registry:
     def _meta(self, version: int) -> Path:
         return self.root / f"v{version:06d}.json"
 
+    def _numbers(self) -> list[int]:
+        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _META.match(p.name)))
+
     def versions(self) -> list[ModelVersion]:
-        """Every published version, oldest first."""
-        found = sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _META.match(p.name)))
-        return [self.get(v) for v in found]
+        """Every published version whose metadata can be read, oldest first."""
+        found = []
+        for number in self._numbers():
+            try:
+                found.append(self.get(number))
+            except KeyError:
+                continue  # pruned meanwhile
+            except CorruptModel as exc:
+                log.warning("skipping %s", exc)
+        return found
 
     def get(self, version: int) -> ModelVersion:
         path = self._meta(version)
-        if not path.exists():
-            raise KeyError(f"no model version {version}")
-        raw = json.loads(path.read_text())
-        return ModelVersion(**{**raw, "window": tuple(raw["window"])})
+        try:
+            raw = json.loads(path.read_text())
+            return ModelVersion(**{**raw, "window": tuple(raw["window"])})
+        except FileNotFoundError:
+            raise KeyError(f"no model version {version}") from None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise CorruptModel(f"model v{version}: unreadable metadata {path.name} ({exc})") from None
 
     def latest(self) -> int | None:
-        found = [int(m.group(1)) for p in self.root.iterdir() if (m := _META.match(p.name))]
-        return max(found, default=None)
+        return max(self._numbers(), default=None)
 
     def publish(self, model: Ranker, *, parent: int | None, window: tuple[int, int],
                 figures: dict[str, float], promote: bool = True) -> ModelVersion:
@@ -145,7 +170,28 @@ class Registry:
         log.info("published model v%d (parent %s, %s)", version, parent, figures)
         if promote:
             self.promote(version)
+        if self.keep is not None:
+            self.prune(self.keep)
         return meta
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete all but the newest ``keep`` versions, never the serving one or its rollback target
+        (the previous version, else the serving one's parent); returns the versions deleted."""
+        pointer = self._pointer()
+        protected = {pointer["current"], pointer["previous"]}
+        if pointer["current"] is not None and pointer["previous"] is None:
+            try:
+                protected.add(self.get(pointer["current"]).parent)
+            except (KeyError, CorruptModel):
+                pass
+        numbers = self._numbers()
+        doomed = [v for v in numbers[:max(0, len(numbers) - keep)] if v not in protected]
+        for version in doomed:  # metadata first: a version without metadata does not exist
+            self._meta(version).unlink(missing_ok=True)
+            self._weights(version).unlink(missing_ok=True)
+        if doomed:
+            log.info("pruned model versions %s (keeping %d and the serving one's rollback target)", doomed, keep)
+        return doomed
 
     def read(self, version: int) -> bytes:
         """The weights of ``version``, verified against its checksum."""

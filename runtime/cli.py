@@ -8,6 +8,9 @@
     relevo trainer         fine-tune the ranker from train.batches and publish versions
     relevo catalog load    load a catalog (or the Amazon multilingual sample)
     relevo suggest         query suggestions from the command line
+    relevo dlq list        dead letters by reason, with samples
+    relevo dlq redrive     send a selection of dead letters back to the event topics
+    relevo features rebuild   rebuild the online features from the event topics
     relevo settings        every environment variable and its default
 
 Each command imports what it runs when it runs, so ``relevo --help`` and
@@ -53,12 +56,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from relevo.runtime.processes import Runtime
+    from relevo.runtime.processes import Runtime, stack_file
 
     with Runtime(settings, workers=args.workers, trainer=True) as runtime:
-        log.info("Relevo is up: API %s (docs %s/docs), Kafka %s, Redis %s. Ctrl-C stops everything.",
+        log.info("Relevo is up: API %s (docs %s/docs), Kafka %s, Redis %s; API keys of this run in %s. "
+                 "Crashed processes are restarted; Ctrl-C stops everything.",
                  runtime.api_url, runtime.api_url, runtime.settings.kafka_bootstrap_servers,
-                 runtime.settings.redis_url)
+                 runtime.settings.redis_url, stack_file(runtime.settings))
         runtime.wait_for_interrupt()
     return 0
 
@@ -103,7 +107,7 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _need_servers(settings, "trainer", redis=False)
     torch.set_num_threads(args.threads)  # small models: extra threads only contend on a busy CPU
-    registry = Registry(args.registry or registry_dir(settings))
+    registry = Registry(args.registry or registry_dir(settings), keep=settings.registry_keep or None)
     trainer = Trainer(registry, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log.info("trainer on %s, registry %s, serving v%s", trainer.device, registry.root, trainer.version)
     try:
@@ -159,6 +163,110 @@ async def _suggestion_table(settings: Settings, prefixes: Sequence[str], regions
         await redis.aclose()
 
 
+def _epoch_ms(text: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epoch ms or an ISO time like 2026-12-01T10:00, got {text!r}") \
+            from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _letter_filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from relevo.core.stats import reason_kind
+
+    def keep(letter) -> bool:  # type: ignore[no-untyped-def]
+        return ((args.reason is None or args.reason.lower() in letter.reason.lower())
+                and (args.kind is None or reason_kind(letter.reason) == args.kind)
+                and (args.source is None or letter.source == args.source)
+                and (args.since is None or letter.timestamp_ms >= args.since)
+                and (args.until is None or letter.timestamp_ms <= args.until))
+    return keep
+
+
+def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    """A table of the dead letters by reason: count, sources, time range and samples."""
+    from relevo.streams.dlq import Summary, dead_letters
+
+    settings = _need_servers(settings, "dlq", redis=False)
+    keep = _letter_filter(args)
+
+    async def read() -> Summary:
+        summary = Summary(args.samples)
+        async for letter in dead_letters(settings):
+            if keep(letter):
+                summary.add(letter)
+        return summary
+    summary = asyncio.run(read())
+    out = [f"{summary.total} dead letters on {settings.topic('events.dlq')}" + (" (filtered)" if any(
+        getattr(args, k) is not None for k in ("reason", "kind", "source", "since", "until")) else "")]
+    for group in summary.groups():
+        sources = ", ".join(f"{s} {n}" for s, n in group.sources.most_common())
+        out.append(f"\n{group.count:>8}  {group.reason}\n          from {sources}; "
+                   f"record times {group.first_ms}..{group.last_ms}")
+        out += [f"          sample: {sample.decode('utf-8', 'replace')!r}" for sample in group.samples]
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate the selected dead letters again and send the events that pass to the event topics."""
+    from relevo.streams.dlq import dead_letters, redrive
+
+    settings = _need_servers(settings, "dlq", redis=False)
+    keep = _letter_filter(args)
+
+    async def go():  # type: ignore[no-untyped-def]
+        selected = []
+        async for letter in dead_letters(settings):
+            if keep(letter) and (args.limit is None or len(selected) < args.limit):
+                selected.append(letter)
+        return await redrive(settings, selected, dry_run=args.dry_run)
+    report = asyncio.run(go())
+    verb = "would send" if args.dry_run else "sent"
+    sys.stdout.write(f"{report.selected} dead letters selected: {verb} {report.events_sent} events to the event "
+                     f"topics; {report.not_events} not from the event path (left alone)\n")
+    for reason, n in report.still_invalid.most_common():
+        sys.stdout.write(f"{n:>8}  still invalid: {reason}\n")
+    return 0
+
+
+def cmd_features_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay the event topics from their start through the feature writer into Redis."""
+    from relevo.core.redis import connect
+    from relevo.features.rebuild import FeaturesExist, rebuild_features
+
+    settings = _need_servers(settings, "features rebuild")
+
+    async def go():  # type: ignore[no-untyped-def]
+        client = connect(settings.redis_url)
+        try:
+            return await rebuild_features(settings, client, fresh=args.fresh)
+        finally:
+            await client.aclose()
+    try:
+        report = asyncio.run(go())
+    except FeaturesExist as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("rebuilt features from %d records: %d events applied, %d invalid skipped, in %.1f s",
+             report.records, report.events, report.rejected, report.seconds)
+    return 0
+
+
+def _add_letter_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", help="only reasons containing this text (case-insensitive)")
+    parser.add_argument("--kind", help="only this kind of reason (the metric label: ts, user_id, malformed JSON, ...)")
+    parser.add_argument("--source", help="only letters from this topic (or 'api' for rejects at the HTTP edge)")
+    parser.add_argument("--since", type=_epoch_ms, help="only letters dead-lettered at or after (epoch ms or ISO)")
+    parser.add_argument("--until", type=_epoch_ms, help="only letters dead-lettered at or before (epoch ms or ISO)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relevo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--user", help="personalise for this user id")
     suggest.add_argument("--k", type=int, default=5, help="suggestions per prefix")
     suggest.set_defaults(func=cmd_suggest)
+
+    dlq = sub.add_parser("dlq", help="inspect and re-drive dead letters").add_subparsers(
+        dest="dlq_command", required=True)
+    dlq_list = dlq.add_parser("list", help="dead letters by reason, with samples")
+    _add_letter_filters(dlq_list)
+    dlq_list.add_argument("--samples", type=int, default=3, help="samples shown per reason")
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_redrive = dlq.add_parser("redrive", help="validate dead letters again and send the valid events on; "
+                                                 "idempotent (the writer de-duplicates event ids)")
+    _add_letter_filters(dlq_redrive)
+    dlq_redrive.add_argument("--limit", type=int, help="re-drive at most this many letters")
+    dlq_redrive.add_argument("--dry-run", action="store_true", help="only say what would be sent")
+    dlq_redrive.set_defaults(func=cmd_dlq_redrive)
+
+    features = sub.add_parser("features", help="manage the online features").add_subparsers(
+        dest="features_command", required=True)
+    rebuild = features.add_parser("rebuild", help="rebuild the features from the event topics' log")
+    rebuild.add_argument("--fresh", action="store_true",
+                         help="delete this prefix's features (and dedupe sets, clock) first")
+    rebuild.set_defaults(func=cmd_features_rebuild)
     return parser
 
 

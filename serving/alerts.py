@@ -3,7 +3,7 @@
 Reads the ``relevo.drift.sinks.AlertStore`` at ``app.state.alerts``. Filters: region
 (``*`` is the global stream), metric, a time range in event-time epoch ms (an
 alert matches when it was open at some time in [since, until]), and
-``active=true`` for alerts not yet resolved. Newest first.
+``active=true`` for alerts not yet resolved. Newest first. Needs a read key.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from relevo.drift.metrics import METRICS
 from relevo.drift.sinks import AlertStore
+from relevo.serving.auth import READ
 
 router = APIRouter()
 
 
-@router.get("/v1/alerts", tags=["drift"])
+@router.get("/v1/alerts", tags=["drift"], dependencies=[READ])
 async def list_alerts(
     request: Request,
     region: str | None = Query(None, max_length=16, description="region code, or * for global"),

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
-from fastapi import FastAPI
+import redis.asyncio as aioredis
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from relevo import __version__
 from relevo.core.keys import Keys
-from relevo.core.redis import connect
+from relevo.core.redis import AnyRedis, connect, is_cluster
 from relevo.core.settings import Settings
+from relevo.core.supervision import Supervisor
 from relevo.drift.sinks import AlertStore
 from relevo.features.online import OnlineStore
 from relevo.models.examples import RegionContexts
@@ -48,12 +52,18 @@ class KafkaIngest:
         await self.producer.start()
         self.ready = True
 
-    async def send(self, events: Iterable[Event]) -> None:
-        await self.producer.send(events)
+    async def send(self, events: Iterable[Event], rejects: Sequence[tuple[bytes, str]] = ()) -> None:
+        """Produce ``events`` and dead-letter ``rejects`` (bytes, reason) together; return once all are acknowledged."""
+        await asyncio.gather(self.producer.send(events),
+                             self.producer.send_dead_letters(self.settings.topic(DLQ), rejects, "api"))
 
     async def dead_letter(self, raw: bytes, reason: str) -> None:
-        await self.producer.producer.send_and_wait(
-            self.settings.topic(DLQ), raw, headers=[("reason", reason.encode()), ("topic", b"api")])
+        await self.send((), [(raw, reason)])
+
+    async def check(self) -> None:
+        """Raise unless the broker answers a metadata request."""
+        if not await self.producer.producer.client.fetch_all_metadata():
+            raise ConnectionError("no metadata from the broker")
 
     async def stop(self) -> None:
         self.ready = False
@@ -83,13 +93,36 @@ async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> 
         user = await state.store.user(user_id) if user_id else None
         return user, await state.store.region(region) if region else None
 
-    catalog = await asyncio.to_thread(open_catalog, settings.data_dir)
-    reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth)
-                if settings.rerank_depth else None)
-    state.search = await asyncio.to_thread(build_search_service, catalog, features, reranker)
-    log.info("search ready over %d items", len(catalog))
-    await follow_catalog(CatalogConsumer(catalog, catalog_dir(settings.data_dir)), settings,
+    if state.search is None:  # a restarted follower keeps the catalog it loaded
+        state.catalog = await asyncio.to_thread(open_catalog, settings.data_dir)
+        reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth)
+                    if settings.rerank_depth else None)
+        state.search = await asyncio.to_thread(build_search_service, state.catalog, features, reranker)
+        log.info("search ready over %d items", len(state.catalog))
+    await follow_catalog(CatalogConsumer(state.catalog, catalog_dir(settings.data_dir)), settings,
                          state.ingest.dead_letter, stop)
+
+
+def open_redis(settings: Settings) -> AnyRedis:
+    """The API's Redis client: a sized pool where a request waits for a free connection
+    (redis-py's default pool fails at once when its connections are busy), every wait bounded."""
+    t = settings.redis_timeout_s
+    options = {"socket_timeout": t, "socket_connect_timeout": t}
+    if is_cluster(settings.redis_url):
+        return connect(settings.redis_url, max_connections=settings.redis_pool_size, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_size, timeout=t, **options)
+    return aioredis.Redis(connection_pool=pool)
+
+
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Redis down, loading or too slow is the server's trouble for a while, not a bug: 503."""
+    log.warning("Redis unavailable for %s: %s", request.url.path, exc)
+    return JSONResponse({"detail": f"feature store unavailable: {type(exc).__name__}"}, status_code=503,
+                        headers={"Retry-After": "1"})
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -97,7 +130,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.settings, state.keys = settings, Keys(settings.key_prefix)
-        state.redis = connect(settings.redis_url)
+        if not any(settings.keys_for(scope) for scope in ("ingest", "read", "search", "admin")):
+            log.warning("no API keys are configured: every /v1 endpoint answers 403. Set RELEVO_INGEST_KEYS, "
+                        "RELEVO_READ_KEYS, RELEVO_SEARCH_KEYS, RELEVO_ADMIN_KEYS (or RELEVO_DEV=1)")
+        state.redis = open_redis(settings)
         state.store = OnlineStore(state.redis, state.keys)
         state.ingest = KafkaIngest(settings)
         state.lag = LagMonitor(settings)
@@ -110,17 +146,19 @@ def create_app(settings: Settings) -> FastAPI:
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
         await state.ingest.start()
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(state.lag.run()),
-                 asyncio.create_task(follow_updates(state.models.refresh, settings, stop)),
-                 asyncio.create_task(follow_regions(settings, Snapshots(state.redis, state.keys, REGIONS),
-                                                    state.contexts.make_state, stop)),
-                 asyncio.create_task(open_search(app, settings, stop))]
+        # Each follower restarts after a failure (a broker restart, a bad record) while the API
+        # serves on; /readyz reports them.
+        state.followers = followers = Supervisor()
+        followers.start("lag", state.lag.run)
+        followers.start("model updates", lambda: follow_updates(state.models.refresh, settings, stop))
+        followers.start("regions", lambda: follow_regions(settings, Snapshots(state.redis, state.keys, REGIONS),
+                                                          state.contexts.make_state, stop))
+        followers.start("catalog", lambda: open_search(app, settings, stop))
         try:
             yield
         finally:
             stop.set()
-            for task in tasks:
-                task.cancel()
+            await followers.stop()
             await state.ingest.stop()
             await state.redis.aclose()
 
@@ -128,6 +166,8 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Streaming personalization for e-commerce search.")
     for module in (ops, ingest, features, search, suggest, alerts, models):
         app.include_router(module.router)
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, store_unavailable)
     return app
 
 

@@ -1,6 +1,6 @@
 """A small Python client for the HTTP API.
 
-    client = RelevoClient("http://127.0.0.1:8000", api_key="dev-ingest-key")
+    client = RelevoClient("http://127.0.0.1:8000", api_key=KEY)   # a key with the scopes you use
     client.send_events([...])            # per-event acceptance
     client.user("u1"), client.region("FR"), client.item("42")   # None when unknown
 """

@@ -1,55 +1,81 @@
-"""Feature serving: ``/v1/features/users|regions|items/{id}`` and a batch endpoint."""
+"""Feature serving: ``/v1/features/users|regions|items/{id}`` and a batch endpoint (read key).
+
+Ids are bounded as the event contract bounds them (``MAX_ID_LEN``), regions must be region
+codes, and ``as_of`` must lie in the contract's time range and not before the stream clock
+(features are kept as of the latest event applied and can only be projected forward).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field, StringConstraints
 
-router = APIRouter(prefix="/v1/features", tags=["features"])
+from relevo.core.codes import MAX_REGION_CHARS, canonical_region
+from relevo.features.online import AsOfBeforeClock
+from relevo.serving.auth import READ
+from relevo.streams.events import MAX_FUTURE_MS, MAX_ID_LEN, MIN_TS_MS
+
+router = APIRouter(prefix="/v1/features", tags=["features"], dependencies=[READ])
 MAX_BATCH = 500
+
+EntityId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)]
+AsOf = Annotated[int | None, Query(ge=MIN_TS_MS, le=4_102_444_800_000,  # 2100-01-01
+                                   description="epoch ms; default: the stream clock")]
+BatchId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
+
+
+def _region(region: str) -> str:
+    try:
+        return canonical_region(region)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 async def _one(request: Request, kind: str, entity_id: str, as_of: int | None) -> dict[str, Any]:
     store = request.app.state.store
-    found = await (store.item(entity_id) if kind == "item" else getattr(store, kind)(entity_id, as_of))
+    if as_of is not None and as_of > time.time() * 1000 + MAX_FUTURE_MS:
+        raise HTTPException(422, "as_of is more than a day in the future")
+    try:
+        found = await (store.item(entity_id) if kind == "item" else getattr(store, kind)(entity_id, as_of))
+    except AsOfBeforeClock as exc:
+        raise HTTPException(422, str(exc)) from None
     if found is None:
         raise HTTPException(404, f"no features for {kind} {entity_id!r}")
     return found
 
 
 @router.get("/users/{user_id}")
-async def user_features(request: Request, user_id: str, as_of: int | None = None) -> dict[str, Any]:
+async def user_features(request: Request, user_id: EntityId, as_of: AsOf = None) -> dict[str, Any]:
     return await _one(request, "user", user_id, as_of)
 
 
 @router.get("/regions/{region}")
-async def region_features(request: Request, region: str, as_of: int | None = None) -> dict[str, Any]:
-    return await _one(request, "region", region, as_of)
+async def region_features(request: Request, region: Annotated[str, Path(max_length=MAX_REGION_CHARS)],
+                          as_of: AsOf = None) -> dict[str, Any]:
+    return await _one(request, "region", _region(region), as_of)
 
 
 @router.get("/items/{item_id}")
-async def item_features(request: Request, item_id: str) -> dict[str, Any]:
+async def item_features(request: Request, item_id: EntityId) -> dict[str, Any]:
     return await _one(request, "item", item_id, None)
 
 
 class BatchQuery(BaseModel):
-    users: list[str] = Field(default_factory=list, max_length=MAX_BATCH)
-    regions: list[str] = Field(default_factory=list, max_length=MAX_BATCH)
-    items: list[str] = Field(default_factory=list, max_length=MAX_BATCH)
+    users: list[BatchId] = Field(default_factory=list, max_length=MAX_BATCH)
+    regions: list[Annotated[str, StringConstraints(max_length=MAX_REGION_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_BATCH)
+    items: list[BatchId] = Field(default_factory=list, max_length=MAX_BATCH)
 
 
 @router.post("/batch")
 async def batch_features(request: Request, query: BatchQuery) -> dict[str, dict[str, Any]]:
-    """Features of many entities at once; unknown ones map to ``null``."""
+    """Features of many entities at once (up to 500 of each); unknown ones map to ``null``."""
     store = request.app.state.store
-    users, regions, items = await asyncio.gather(
-        asyncio.gather(*(store.user(u) for u in query.users)),
-        asyncio.gather(*(store.region(r) for r in query.regions)),
-        asyncio.gather(*(store.item(i) for i in query.items)),
-    )
+    regions = [_region(r) for r in query.regions]
+    users, found_regions, items = await store.many(query.users, regions, query.items)
     return {"users": dict(zip(query.users, users, strict=True)),
-            "regions": dict(zip(query.regions, regions, strict=True)),
+            "regions": dict(zip(query.regions, found_regions, strict=True)),
             "items": dict(zip(query.items, items, strict=True))}

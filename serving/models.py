@@ -1,4 +1,4 @@
-"""Model versions over HTTP: list them, promote one, roll one back (admin key).
+"""Model versions over HTTP: list them (read key), promote one, roll one back (admin key).
 
 Reads ``request.app.state.models``, a ``relevo.models.live.LiveModel``; every change
 goes through its registry and is followed by ``refresh()``, so this replica
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from relevo.models.live import LiveModel
 from relevo.models.registry import CorruptModel, IncompatibleModel
-from relevo.serving.auth import require_admin_key
+from relevo.serving.auth import ADMIN, READ
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -29,7 +29,7 @@ def _summary(live: LiveModel) -> dict[str, Any]:
             "versions": [v.to_dict() for v in reversed(registry.versions())]}
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_models(request: Request) -> dict[str, Any]:
     """Every published version (newest first) with its window and figures, and which one serves."""
     return _summary(_live(request))
@@ -51,13 +51,13 @@ def _change(request: Request, version: int, action: str) -> dict[str, Any]:
     return _summary(live)
 
 
-@router.post("/{version}/promote", dependencies=[Depends(require_admin_key)])
+@router.post("/{version}/promote", dependencies=[ADMIN])
 def promote(version: int, request: Request) -> dict[str, Any]:
     """Serve ``version``; the version serving now becomes the rollback target."""
     return _change(request, version, "promote")
 
 
-@router.post("/{version}/rollback", dependencies=[Depends(require_admin_key)])
+@router.post("/{version}/rollback", dependencies=[ADMIN])
 def rollback(version: int, request: Request) -> dict[str, Any]:
     """Stop serving ``version`` (it must be serving) and serve the one before it again."""
     return _change(request, version, "rollback")

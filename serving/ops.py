@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -21,19 +23,42 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+async def _probe(check: Awaitable[object], timeout_s: float) -> str:
+    """``ok``, or why not; never longer than ``timeout_s`` (a frozen Redis must not hang /readyz)."""
+    try:
+        await asyncio.wait_for(check, timeout_s)
+        return "ok"
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    except Exception as exc:  # any failure means not ready; say which
+        return f"unavailable: {type(exc).__name__}: {exc}"[:300]
+
+
 @router.get("/readyz")
 async def readyz(request: Request, response: Response) -> dict[str, Any]:
-    """Redis answers and the Kafka producer is connected."""
-    checks: dict[str, str] = {}
-    try:
-        await request.app.state.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:  # any failure means not ready; say which
-        checks["redis"] = f"unavailable: {exc}"
-    checks["kafka"] = "ok" if request.app.state.ingest.ready else "connecting"
+    """Ready when Redis and the broker answer within ``RELEVO_READY_TIMEOUT_S`` and every follower
+    task runs; ``info`` adds what degrades answers without making the API unready (no model yet:
+    first-stage ranking; catalog loading: search answers 503)."""
+    state = request.app.state
+    timeout = state.settings.ready_timeout_s
+    ingest = state.ingest
+    redis_check, broker_check = await asyncio.gather(
+        _probe(state.redis.ping(), timeout),
+        _probe(ingest.check(), timeout) if ingest.ready else _done("connecting"))
+    checks: dict[str, str] = {"redis": redis_check, "broker": broker_check}
+    for name, status in state.followers.status().items():
+        checks[f"follower {name}"] = "ok" if status.running else \
+            f"restarting after {status.restarts} failure(s): {status.last_error}"
+    serving = state.models.version
+    info = {"model": f"v{serving}" if serving is not None else "none yet: first-stage ranking only",
+            "search": "ready" if state.search is not None else "loading the catalog"}
     ready = all(v == "ok" for v in checks.values())
     response.status_code = 200 if ready else 503
-    return {"ready": ready, "checks": checks}
+    return {"ready": ready, "checks": checks, "info": info}
+
+
+async def _done(value: str) -> str:
+    return value
 
 
 class StatsCollector(Collector):

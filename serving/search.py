@@ -1,6 +1,7 @@
 """HTTP routes for search and query understanding.
 
 Reads its service from ``request.app.state.search`` (a ``relevo.search.service.SearchService``).
+A search key searches anonymously; ``user_id`` and ``session_id`` need a read key.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from relevo.core.codes import canonical_locale, canonical_region
+from relevo.serving.auth import SEARCH, Scopes, require_personal
+from relevo.streams.events import MAX_ID_LEN
 
 router = APIRouter(tags=["search"])
 
@@ -40,20 +43,22 @@ def _check(query: str, region: str | None, locale: str | None) -> tuple[str, str
 @router.get("/v1/search")
 async def search(request: Request,
                  q: str = Query(..., max_length=MAX_QUERY_CHARS, description="query text, any language"),
-                 user_id: str | None = Query(None, max_length=200),
-                 session_id: str | None = Query(None, max_length=200,
+                 user_id: str | None = Query(None, max_length=MAX_ID_LEN),
+                 session_id: str | None = Query(None, max_length=MAX_ID_LEN,
                                                 description="the shopper's session: the learned ranker uses what it "
                                                             "touched (default: user_id)"),
                  region: str | None = Query(None, description="market, e.g. DE; items not sold there are hidden"),
                  locale: str | None = Query(None, description="BCP 47, e.g. de-AT; picks the titles shown"),
-                 k: int = Query(20, ge=1, le=100, description="how many results")) -> dict:
+                 k: int = Query(20, ge=1, le=100, description="how many results"),
+                 granted: Scopes = SEARCH) -> dict:
     """Items for ``q`` ranked for the user and region, with explanations."""
+    require_personal(granted, user_id=user_id, session_id=session_id)
     query, region, locale = _check(q, region, locale)
     return await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k,
                                           session_id=session_id)
 
 
-@router.get("/v1/query/understand")
+@router.get("/v1/query/understand", dependencies=[SEARCH])
 async def understand(request: Request, q: str = Query(..., max_length=MAX_QUERY_CHARS),
                      locale: str | None = Query(None)) -> dict:
     """Language, intent categories and entities of ``q``."""

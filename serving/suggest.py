@@ -1,7 +1,8 @@
 """Query suggestions: ``GET /v1/suggest``, served by ``app.state.suggest`` (a ``SuggestService``).
 
-The response is encoded with orjson directly: at a few milliseconds per request,
-FastAPI's generic encoder would be a noticeable share of the budget.
+A search key suggests anonymously; ``user_id`` needs a read key. The response is
+encoded with orjson directly: at a few milliseconds per request, FastAPI's
+generic encoder would be a noticeable share of the budget.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from relevo.core.codes import MAX_LOCALE_CHARS, MAX_REGION_CHARS, canonical_locale, canonical_region
+from relevo.serving.auth import SEARCH, Scopes, require_personal
+from relevo.streams.events import MAX_ID_LEN
 from relevo.suggestions.ranking import Suggestion
 from relevo.suggestions.service import MAX_K, SuggestService
 
@@ -32,7 +35,7 @@ class SuggestQuery(BaseModel):
     """The query string of ``GET /v1/suggest``; one model validates in one call, not six."""
 
     prefix: str = Field(max_length=200, description="what the user has typed")
-    user_id: str | None = Field(None, max_length=128)
+    user_id: str | None = Field(None, max_length=MAX_ID_LEN)
     region: str | None = Field(None, max_length=MAX_REGION_CHARS)
     locale: str | None = Field(None, max_length=MAX_LOCALE_CHARS)
     k: int = Field(10, ge=1, le=MAX_K)
@@ -50,8 +53,10 @@ class SuggestQuery(BaseModel):
 
 
 @router.get("/suggest")
-async def suggest(request: Request, q: Annotated[SuggestQuery, Query()]) -> Response:
-    """Completions of ``prefix`` ranked for the user, region and locale, best first."""
+async def suggest(request: Request, q: Annotated[SuggestQuery, Query()], granted: Scopes = SEARCH) -> Response:
+    """Completions of ``prefix`` ranked for the user, region and locale, best first (``user_id``
+    needs a read key: it brings in the user's own queries)."""
+    require_personal(granted, user_id=q.user_id)
     service: SuggestService = request.app.state.suggest
     result = await service.suggest(q.prefix, q.user_id, q.region, q.locale, q.k)
     items = [{"text": s.text, "query": s.query, "score": round(s.score, 6),

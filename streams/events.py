@@ -13,7 +13,18 @@ Traceback (most recent call last):
 relevo.streams.events.InvalidEvent: ts: expected integer epoch milliseconds, got str
 >>> events, rejects = decode_record(b'[{"type": "click"}, 7]', "click")
 >>> events, [r.reason for r in rejects]
-([], ['event_id: required', 'event is not a JSON object'])
+([], ['event_id: required', 'event: not a JSON object'])
+
+The size rule is the same everywhere too: an event is measured as its clean encoding
+(what ``encode`` makes of the validated event, which is what the API produces), so the
+API and the worker accept exactly the same events, whatever else shares the record.
+
+>>> len(encoded(validate(ev), 1024))
+157
+>>> encoded(validate({**ev, "item_id": "x" * 100}), 128)
+Traceback (most recent call last):
+...
+relevo.streams.events.InvalidEvent: event: 255 bytes exceed the limit of 128 per event
 """
 
 from __future__ import annotations
@@ -182,7 +193,7 @@ def validate(raw: Any, event_type: str | None = None) -> Event:
     different ``type`` is rejected. Unknown fields are dropped.
     """
     if not isinstance(raw, dict):
-        raise InvalidEvent("event is not a JSON object")
+        raise InvalidEvent("event: not a JSON object")
     declared = raw.get("type", event_type)
     if declared not in SCHEMAS:
         raise InvalidEvent(f"type: expected one of {', '.join(EVENT_TYPES)}, got {declared!r:.40}")
@@ -207,6 +218,18 @@ def validate(raw: Any, event_type: str | None = None) -> Event:
     return event
 
 
+def encoded(event: Event, max_bytes: int) -> bytes:
+    """The wire form of a validated ``event``, or ``InvalidEvent`` when it breaks the size rule:
+    more than ``max_bytes``, or nested deeper than JSON encoding allows (orjson: 254 levels)."""
+    try:
+        data = orjson.dumps(event)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidEvent(f"event: cannot be encoded ({exc})") from None
+    if len(data) > max_bytes:
+        raise InvalidEvent(f"event: {len(data)} bytes exceed the limit of {max_bytes} per event")
+    return data
+
+
 @dataclass(frozen=True)
 class Reject:
     """Something that failed validation: the original bytes and why."""
@@ -217,7 +240,8 @@ class Reject:
 
 def decode_record(data: bytes, event_type: str | None = None,
                   max_event_bytes: int = 64 * 1024) -> tuple[list[Event], list[Reject]]:
-    """Decode one Kafka record (an event or a JSON array of events) and validate each.
+    """Decode one Kafka record (an event or a JSON array of events) and validate each,
+    with the size rule of ``encoded`` per event (a large neighbour never rejects a small event).
 
     Never raises: whatever cannot be used comes back as a ``Reject``.
     """
@@ -226,18 +250,24 @@ def decode_record(data: bytes, event_type: str | None = None,
     except orjson.JSONDecodeError as exc:
         return [], [Reject(data, f"malformed JSON: {exc}")]
     items = parsed if isinstance(parsed, list) else [parsed]
-    limit = max_event_bytes * max(1, len(items))
-    if len(data) > limit:
-        return [], [Reject(data, f"record of {len(data)} bytes exceeds {limit}")]
     events: list[Event] = []
     rejects: list[Reject] = []
     for item in items:
         try:
-            events.append(validate(item, event_type))
+            event = validate(item, event_type)
+            encoded(event, max_event_bytes)
+            events.append(event)
         except InvalidEvent as exc:
-            raw = data if len(items) == 1 else orjson.dumps(item)
-            rejects.append(Reject(raw, str(exc)))
+            rejects.append(Reject(data if len(items) == 1 else _item_bytes(item, data), str(exc)))
     return events, rejects
+
+
+def _item_bytes(item: Any, record: bytes) -> bytes:
+    """One item of a record as bytes; the whole record when the item cannot be re-encoded."""
+    try:
+        return orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        return record
 
 
 def encode(event: Event | list[Event]) -> bytes:

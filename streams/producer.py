@@ -80,7 +80,7 @@ class EventProducer:
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, linger_ms=5,
+            bootstrap_servers=self.bootstrap_servers, linger_ms=5, acks="all",  # acknowledged = on every replica
             max_batch_size=1 << 20, max_request_size=1 << 20)
         self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
         await self._producer.start()
@@ -147,6 +147,13 @@ class EventProducer:
         for group in groups.values():
             self.sent.update(event["type"] for event in group)
         return sum(len(group) for group in groups.values())
+
+    async def send_dead_letters(self, topic: str, rejects: Sequence[tuple[bytes, str]], source: str) -> None:
+        """Send ``(original bytes, reason)`` records to the dead-letter ``topic`` and wait for all of them."""
+        deliveries = [await self.producer.send(topic, raw, headers=[("reason", reason.encode()),
+                                                                   ("topic", source.encode())])
+                      for raw, reason in rejects]
+        await asyncio.gather(*deliveries)
 
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> RecordMetadata:
         """Send one record as is (a malformed one, in tests of the dead-letter path)."""

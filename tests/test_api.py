@@ -12,13 +12,17 @@ from relevo.core.settings import Settings
 from relevo.serving.app import create_app
 from tests.streamkit import T0
 
-KEY = {"X-API-Key": "dev-ingest-key"}
+KEY = {"X-API-Key": "ingest-secret"}
+READ = {"X-API-Key": "read-secret"}
+SECRETS = {"ingest_keys": "ingest-secret", "read_keys": "read-secret", "search_keys": "public-key",
+           "admin_keys": "admin-secret"}
 
 
 @pytest.fixture(scope="module")
 def api(kafka_bootstrap, redis_url, tmp_path_factory):
     settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url, key_prefix="api",
-                        topic_prefix="api.", data_dir=tmp_path_factory.mktemp("api"), max_batch_events=50)
+                        topic_prefix="api.", data_dir=tmp_path_factory.mktemp("api"), max_batch_events=50,
+                        **SECRETS)
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -46,7 +50,7 @@ def test_ingest_takes_ndjson_and_reports_bad_lines(api) -> None:
     body = orjson.dumps(click(4)) + b"\n{oops\n" + orjson.dumps(click(5)) + b"\n"
     answer = api.post("/v1/events", content=body, headers={**KEY, "Content-Type": "application/x-ndjson"})
     assert [r["accepted"] for r in answer.json()["results"]] == [True, False, True]
-    assert answer.json()["results"][1]["reason"] == "malformed JSON"
+    assert answer.json()["results"][1]["reason"].startswith("malformed JSON")
 
 
 def test_oversized_batches_are_refused_with_413(api) -> None:
@@ -57,9 +61,9 @@ def test_oversized_batches_are_refused_with_413(api) -> None:
 
 
 def test_unknown_entities_answer_404_with_a_reason(api) -> None:
-    answer = api.get("/v1/features/users/nobody")
+    answer = api.get("/v1/features/users/nobody", headers=READ)
     assert answer.status_code == 404 and "nobody" in answer.json()["detail"]
-    batch = api.post("/v1/features/batch", json={"users": ["nobody"], "regions": ["ZZ"]}).json()
+    batch = api.post("/v1/features/batch", json={"users": ["nobody"], "regions": ["ZZ"]}, headers=READ).json()
     assert batch == {"users": {"nobody": None}, "regions": {"ZZ": None}, "items": {}}
 
 
@@ -79,7 +83,7 @@ def test_python_client_round_trip(api) -> None:
 
     client = RelevoClient.__new__(RelevoClient)
     client.http = api  # the TestClient speaks httpx's interface
-    api.headers["X-API-Key"] = "dev-ingest-key"
+    api.headers["X-API-Key"] = "admin-secret"  # an admin key may do everything
     assert client.send_events([click(9)])["accepted"] == 1
     assert client.user("nobody") is None
     assert client.features(users=["nobody"]) == {"users": {"nobody": None}, "regions": {}, "items": {}}

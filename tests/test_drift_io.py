@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
 from relevo.core.keys import Keys
+from relevo.core.settings import Settings
 from relevo.drift.alerts import Alert
 from relevo.drift.combined import GlobalDrift
 from relevo.drift.sinks import AlertStore, ListSink, TopicSink, WebhookSink
@@ -81,8 +82,10 @@ async def api(aredis: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
                       alert("c", "DE", "ctr", 7000, 8000, False), alert("d", "*", "ctr", 3000, 3500, True)])
     app = FastAPI()
     app.state.alerts = store
+    app.state.settings = Settings(read_keys="reader")
     app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                 headers={"X-API-Key": "reader"}) as client:
         yield client
 
 

@@ -47,9 +47,15 @@ def client(tmp_path: Path) -> TestClient:
 
 
 def test_models_are_listed_newest_first_with_their_figures(client: TestClient) -> None:
-    body = client.get("/v1/models").json()
+    body = client.get("/v1/models", headers=ADMIN).json()
     assert body["serving"] == 2 and [v["version"] for v in body["versions"]] == [2, 1]
     assert body["versions"][0]["parent"] == 1 and body["versions"][0]["figures"]["prequential_mrr"] == 0.5
+
+
+def test_one_unreadable_metadata_file_does_not_break_the_listing(client: TestClient, tmp_path: Path) -> None:
+    (tmp_path / "v000001.json").write_text("{truncated")
+    body = client.get("/v1/models", headers=ADMIN)
+    assert body.status_code == 200 and [v["version"] for v in body.json()["versions"]] == [2]
 
 
 def test_rollback_and_promote_need_the_admin_key(client: TestClient) -> None:
@@ -77,6 +83,9 @@ async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_
     try:
         batches = await build_examples(planted_stream(100))
         await asyncio.sleep(1)  # the worker creates the topics
+        garbage = [b"not json", b'{"a": 1}', orjson.dumps([{"search_id": "q", "items": "nope"}])]
+        for value in garbage:  # each is dead-lettered with a reason; the trainer goes on
+            await producer.send_and_wait(settings.topic("train.batches"), value)
         for batch in batches:
             await producer.send_and_wait(settings.topic("train.batches"), orjson.dumps(batch))
         await updates.start()
@@ -84,6 +93,10 @@ async def test_trainer_worker_publishes_and_announces(kafka_bootstrap: str, tmp_
         announced = orjson.loads(message.value)
         assert announced["version"] == registry.current() and announced["sha256"]
         assert "mrr" in announced["prequential"]
+        from relevo.streams.dlq import dead_letters
+        letters = [letter async for letter in dead_letters(settings)]
+        assert [letter.source for letter in letters] == [settings.topic("train.batches")] * 3
+        assert [letter.reason.split(":")[0] for letter in letters] == ["malformed JSON", "train.batches", "example"]
     finally:
         stop.set()
         await asyncio.wait_for(worker, timeout=30)

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from relevo.core.settings import Settings
 from relevo.features.context import ContextState
 from relevo.models.live import LiveModel
 from relevo.models.ranker import Ranker, RankerConfig
@@ -184,7 +185,8 @@ def client(catalog) -> TestClient:
     app = FastAPI()
     app.include_router(router)
     app.state.search = SearchService(catalog)
-    return TestClient(app)
+    app.state.settings = Settings(search_keys="public")
+    return TestClient(app, headers={"X-API-Key": "public"})
 
 
 def test_http_search_and_understand(client):
@@ -214,5 +216,6 @@ def test_http_bad_parameters_are_clear_422s(client, params, fragment):
 def test_http_without_a_catalog_is_503():
     app = FastAPI()
     app.include_router(router)
-    response = TestClient(app).get("/v1/search", params={"q": "kettle"})
+    app.state.settings = Settings(search_keys="public")
+    response = TestClient(app).get("/v1/search", params={"q": "kettle"}, headers={"X-API-Key": "public"})
     assert response.status_code == 503 and "no catalog" in response.json()["detail"]

@@ -41,8 +41,10 @@ async def client(redis_db, redis_url):
     await updater.process(events)
     app = FastAPI()
     app.state.suggest = SuggestService(redis, Keys("t"), SuggestConfig(), features=Affinity())
+    app.state.settings = Settings(read_keys="reader")
     app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test",
+                                 headers={"X-API-Key": "reader"}) as http:
         yield http
     await redis.aclose()
 

@@ -1,0 +1,161 @@
+"""Recovery on the real servers: dead letters re-driven exactly once, features rebuilt from the
+log, a Redis restart that keeps every acknowledged write, and ``relevo up``'s supervision."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from relevo.core.keys import Keys
+from relevo.features.rebuild import FeaturesExist, clear_features, rebuild_features
+from relevo.features.writer import FeatureWriter
+from relevo.runtime.cli import main
+from relevo.runtime.stack import redis_server
+from relevo.streams.dlq import dead_letters, redrive
+from relevo.streams.events import encode
+from relevo.streams.producer import EventProducer
+from relevo.streams.topics import DLQ
+from tests.streamkit import counters, decayed_as_of, eventually, running, send, synthetic_events, wait_applied
+
+pytestmark = pytest.mark.slow
+
+
+async def apply_once(redis_url: str, prefix: str, events: list[dict]) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    await FeatureWriter(client, Keys(prefix)).process(events)
+    await client.aclose()
+
+
+def assert_same_features(client: redis.Redis, got: str, want: str, as_of: int) -> None:
+    mine, reference = decayed_as_of(client, got, as_of), decayed_as_of(client, want, as_of)
+    assert mine.keys() == reference.keys()
+    for key, members in reference.items():
+        assert mine[key] == pytest.approx(members, rel=1e-9), key
+
+
+def test_redrive_applies_what_was_lost_and_nothing_twice(tmp_path, kafka_bootstrap, redis_url) -> None:
+    events = synthetic_events(400, seed=3, users=8, prefix="rd")
+    applied, lost = events[:300], events[300:]
+    client = redis.Redis.from_url(redis_url)
+    asyncio.run(apply_once(redis_url, "rd-ref", events))
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-redrive", "rd") as rt:
+        rt.wait_workers_ready()
+        settings = rt.settings
+        send(settings, applied)
+        wait_applied(client, "rd", len(applied))
+
+        async def dead_letter_and_redrive() -> tuple[int, int]:
+            # What a writer that failed on every batch left behind: some events it had applied
+            # before failing, and the rest never applied. Both go back in; the DLQ is read as is.
+            async with EventProducer(settings.kafka_bootstrap_servers, settings.topic_prefix) as producer:
+                for event in [*applied[-50:], *lost]:
+                    await producer.send_dead_letters(
+                        settings.topic(DLQ), [(encode(event), "processing: features failed: NoScriptError()")],
+                        producer.topic_for(event["type"]))
+                await producer.send_dead_letters(settings.topic(DLQ), [(b"{broken", "malformed JSON: x")], "api")
+            letters = [letter async for letter in dead_letters(settings)]
+            first = await redrive(settings, letters)
+            again = await redrive(settings, letters)  # a second re-drive of the same selection
+            assert first.still_invalid and first.events_sent == again.events_sent == 150
+            return first.events_sent, again.events_sent
+        asyncio.run(dead_letter_and_redrive())
+        wait_applied(client, "rd", len(applied) + 2 * 150)  # each event counted applied or duplicate
+        # Ids are counted when claimed, just before their updates land: wait for the features.
+        eventually(lambda: assert_same_features(client, "rd", "rd-ref", max(e["ts"] for e in events)))
+    assert counters(client, "rd")["events_applied"] == len(events)
+
+
+def test_features_rebuilt_from_the_log_match_the_worker(tmp_path, kafka_bootstrap, redis_url, monkeypatch,
+                                                        capsys) -> None:
+    events = synthetic_events(1500, seed=9, users=30, prefix="rb")
+    client = redis.Redis.from_url(redis_url)
+    asyncio.run(apply_once(redis_url, "rb-ref", events))
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-rebuild", "rb") as rt:
+        rt.wait_workers_ready()
+        send(rt.settings, events, per_record=50)
+        settings = rt.settings
+        as_of = max(e["ts"] for e in events)
+        eventually(lambda: assert_same_features(client, "rb", "rb-ref", as_of))
+
+    async def lose_everything() -> None:  # what a Redis without persistence loses on a restart
+        r = aioredis.Redis.from_url(redis_url)
+        assert await clear_features(r, Keys("rb")) > 0
+        await r.aclose()
+    asyncio.run(lose_everything())
+    assert not decayed_as_of(client, "rb", as_of)
+    for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": redis_url,
+                        "RELEVO_KEY_PREFIX": "rb", "RELEVO_TOPIC_PREFIX": settings.topic_prefix,
+                        "RELEVO_DATA_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["features", "rebuild"]) == 0  # the documented command
+    assert_same_features(client, "rb", "rb-ref", as_of)
+
+    async def refuse_to_double_count() -> None:
+        r = aioredis.Redis.from_url(redis_url)
+        with pytest.raises(FeaturesExist):
+            await rebuild_features(settings, r)
+        assert (await rebuild_features(settings, r, fresh=True)).events == len(events)
+        await r.aclose()
+    asyncio.run(refuse_to_double_count())
+    assert_same_features(client, "rb", "rb-ref", as_of)
+    assert main(["features", "rebuild"]) == 2  # features exist: refused, nothing applied twice
+
+    assert main(["dlq", "list"]) == 0
+    assert "dead letters on" in capsys.readouterr().out
+
+
+def test_a_killed_redis_comes_back_with_every_acknowledged_write(tmp_path) -> None:
+    events = synthetic_events(800, seed=4, users=10, prefix="dur")
+    with redis_server(tmp_path) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        asyncio.run(apply_once(url, "dur", events))
+        client = redis.Redis.from_url(url)
+        before = decayed_as_of(client, "dur", max(e["ts"] for e in events))
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        server.start()  # same port, same data directory
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                after = decayed_as_of(client, "dur", max(e["ts"] for e in events))
+                break
+            except redis.exceptions.BusyLoadingError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert after == before and after
+        assert counters(client, "dur")["events_applied"] == len(events)
+        client.close()
+
+
+def test_supervision_restarts_a_crashed_worker(tmp_path, kafka_bootstrap, redis_url, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="relevo.runtime.processes")
+    client = redis.Redis.from_url(redis_url)
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-super", "sv") as rt:
+        rt.wait_workers_ready()
+        stop = threading.Event()
+        supervisor = threading.Thread(target=rt.supervise, args=(stop, 0.1), daemon=True)
+        supervisor.start()
+        try:
+            dead = rt.workers[0]
+            os.kill(dead.pid, signal.SIGKILL)
+            dead.wait()
+            deadline = time.monotonic() + 30
+            while rt.workers[0] is dead and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert rt.workers[0] is not dead and rt.workers[0].poll() is None
+            rt.wait_workers_ready(since_ms=int(time.time() * 1000) - 1000, timeout=90)
+            events = synthetic_events(100, seed=2, prefix="sv")
+            send(rt.settings, events)
+            wait_applied(client, "sv", len(events))  # the restarted worker carries the stream
+        finally:
+            stop.set()
+            supervisor.join()
+    assert "worker-0 exited with code -9" in caplog.text and "worker-0 restarted" in caplog.text
