@@ -2,9 +2,9 @@
 two workers, two workers with one SIGKILLed mid-stream and restarted, one worker on Redis Cluster.
 
 Real broker, real Redis (and a real three-master cluster), real worker processes, the Trivago slice's
-events of three countries (32,637 events) with a click-through drop planted in one of them. Compared: every feature (decayed
-to one time), every drift alert (region, metric, direction, when), every labelled example (items,
-labels and feature rows).
+events of three countries (32,637 events) with a click-through drop planted in one of them. Compared:
+every feature (decayed to one time), every drift alert (region, metric, direction, when), every
+labelled example (items, labels and feature rows).
 """
 
 from __future__ import annotations
