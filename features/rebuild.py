@@ -27,7 +27,7 @@ from relevo.core.settings import Settings
 from relevo.features.definitions import FEATURES
 from relevo.features.writer import FeatureWriter
 from relevo.streams.events import decode_record
-from relevo.streams.eventtime import POSITION, SOURCE
+from relevo.streams.eventtime import stamp
 from relevo.streams.logread import read_log
 from relevo.streams.topics import event_topics
 
@@ -94,10 +94,7 @@ async def rebuild_features(settings: Settings, redis: AnyRedis, fresh: bool = Fa
         events = []
         for record in records:
             valid, rejects = decode_record(record.value, types[record.topic], settings.max_event_bytes)
-            source = f"{record.topic}:{record.partition}"  # the position the worker's pipeline gives each event
-            for index, event in enumerate(valid):
-                event[SOURCE], event[POSITION] = source, (record.offset, index)
-            events += valid
+            events += stamp(valid, record.topic, record.partition, record.offset)  # as the worker's pipeline does
             report.rejected += len(rejects)
         await writer.process(events)
         report.records += len(records)

@@ -27,7 +27,7 @@ from relevo.core.keys import Keys
 from relevo.core.redis import connect
 from relevo.core.settings import Settings
 from relevo.core.stats import WorkerStats
-from relevo.streams.eventtime import SourceProgress
+from relevo.streams.eventtime import SourceProgress, source_of
 from relevo.streams.lag import group_positions
 from relevo.streams.pipeline import EventPipeline, Record
 from relevo.streams.processors import BatchProcessor
@@ -88,7 +88,8 @@ def create_app(settings: Settings, build_processors: BuildProcessors,
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     outputs = Outputs(settings.kafka_bootstrap_servers)
     progress = SourceProgress(
-        assigned=lambda: [f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment() if tp.topic in topic_types],
+        assigned=lambda: [source_of(tp.topic, tp.partition) for tp in app.consumer.assignment()
+                          if tp.topic in topic_types],
         highwater=lambda source: _highwater(app, source), max_jump_ms=settings.max_clock_jump_s * 1000)
     pipelines: list[EventPipeline] = []
 

@@ -44,6 +44,23 @@ Position = tuple[int, int]  # (offset of the record in its partition, index of t
 TYPE_ORDER = {"search": 0, "click": 1, "purchase": 2}  # at equal times a search precedes what follows it
 
 
+def source_of(topic: str, partition: int) -> str:
+    """The name of a source: one partition of one topic."""
+    return f"{topic}:{partition}"
+
+
+def stamp(events: list[Event], topic: str, partition: int, offset: int) -> list[Event]:
+    """Mark the events of one record with their source and position (offset, index in the record).
+
+    >>> stamp([{"event_id": "a"}, {"event_id": "b"}], "events.click", 3, 41)[1]
+    {'event_id': 'b', '_source': 'events.click:3', '_pos': (41, 1)}
+    """
+    source = source_of(topic, partition)
+    for index, event in enumerate(events):
+        event[SOURCE], event[POSITION] = source, (offset, index)
+    return events
+
+
 def order_key(event: Event) -> tuple[int, int, str]:
     """The merge's order: event time, then searches before clicks before purchases, then id."""
     return event["ts"], TYPE_ORDER.get(event["type"], 9), event["event_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from relevo.core.settings import Settings
+from relevo.streams.eventtime import source_of
 from relevo.streams.topics import event_topics
 
 
@@ -21,7 +22,7 @@ async def group_positions(settings: Settings) -> dict[str, tuple[int, int]]:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
-        return {f"{tp.topic}:{tp.partition}": ((await consumer.committed(tp)) or starts[tp], ends[tp])
+        return {source_of(tp.topic, tp.partition): ((await consumer.committed(tp)) or starts[tp], ends[tp])
                 for tp in partitions}
     finally:
         await consumer.stop()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from relevo.core.redis import retrying
 from relevo.core.stats import WorkerStats
 from relevo.streams.events import Event, Reject, decode_record, encode
-from relevo.streams.eventtime import POSITION, SOURCE, SourceProgress
+from relevo.streams.eventtime import SOURCE, SourceProgress, source_of, stamp
 from relevo.streams.processors import BatchProcessor
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ class EventPipeline:
         for record in records:
             valid, rejects = decode_record(record.value, self.topic_types.get(record.topic),
                                            self.max_event_bytes)
-            source = f"{record.topic}:{record.partition}"  # event-time operators keep a watermark per source
-            for index, event in enumerate(valid):
-                event[SOURCE], event[POSITION] = source, (record.offset, index)
-            events.extend(valid)
+            events.extend(stamp(valid, record.topic, record.partition, record.offset))
             per_topic[record.topic] += len(valid)
             for reject in rejects:
                 await self._dead_letter(reject, record)
@@ -70,7 +67,7 @@ class EventPipeline:
             await self._run(processor, events)
         if self.progress is not None:  # only now: what the sources report must already be forwarded
             for record in records:
-                self.progress.record(f"{record.topic}:{record.partition}", record.offset)
+                self.progress.record(source_of(record.topic, record.partition), record.offset)
             for event in events:
                 self.progress.event(event[SOURCE], event["ts"])
         # Lists, not generators: a retried call must see the same inputs again.

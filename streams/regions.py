@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from relevo.core.settings import Settings
-from relevo.streams.eventtime import POSITION, SOURCE, Event, EventTimeMerge, Mark, SourceProgress
+from relevo.streams.eventtime import POSITION, SOURCE, Event, EventTimeMerge, Mark, SourceProgress, source_of
 from relevo.streams.stages import MakeState, Snapshots
 from relevo.streams.topics import BY_REGION, event_topics
 
@@ -54,7 +54,7 @@ def region_partition(region: str, partitions: int) -> int:
 
 def sources(settings: Settings) -> list[str]:
     """Every source of the region stream: each partition of each event topic."""
-    return [f"{topic}:{p}" for topic in event_topics(settings) for p in range(settings.partitions)]
+    return [source_of(topic, p) for topic in event_topics(settings) for p in range(settings.partitions)]
 
 
 def encode_record(marks: dict[str, Mark], events: Sequence[Event]) -> bytes:
