@@ -1,7 +1,8 @@
 """A Faust agent that does nothing with its records: the ceiling our worker is measured against.
 
 Run as ``python -m bench.noop_agent BOOTSTRAP TOPIC N OUT``: consumes N records
-and writes the seconds between the first and the Nth to OUT.
+and writes to OUT the seconds between the first and the Nth, and the process's CPU
+seconds (user + system) over the same span.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ def main(bootstrap: str, topic: str, n: int, out: Path) -> None:
 
     @app.agent(source)
     async def noop(stream: faust.Stream) -> None:
-        count, first = 0, 0.0
+        count, first, cpu = 0, 0.0, 0.0
         async for _ in stream:
             count += 1
             if count == 1:
-                first = time.perf_counter()
+                first, cpu = time.perf_counter(), time.process_time()
             if count == n:
-                out.write_text(str(time.perf_counter() - first))
+                out.write_text(f"{time.perf_counter() - first} {time.process_time() - cpu}")
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 

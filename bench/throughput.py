@@ -1,11 +1,20 @@
-"""Stream throughput of one worker process: validation + features into Redis.
+"""Stream throughput of one worker process, in events per second and in CPU time per event.
 
-Two shapes of input, both the real Trivago events:
-- one event per Kafka record, beside a no-op Faust agent on the same records;
-- events batched many to a record (as the producer client and the ingest API
-  write them), beside raw aiokafka consuming the same records.
+Our machines differ threefold in speed and are shared, so the figures that count
+are CPU time of the measured process (user + system, psutil) per event, and ratios
+to baselines measured in the same run:
 
-    python -m bench.throughput [--copies 3]
+- one event per Kafka record, validation + features: beside a no-op Faust agent on
+  the same records (rate ratio, and CPU per record ratio);
+- 200 events per record, the worker's processor sets up to the default (features,
+  drift, suggestions, examples: the region stream and its stages included): CPU per
+  event of the worker and of the Redis server, beside raw aiokafka reading the same
+  records.
+
+A worker's window runs from its first applied event until everything is applied and
+its region and global stages have drained.
+
+    python -m bench.throughput [--copies 3] [--limit N]
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import redis
 from aiokafka import AIOKafkaConsumer
 
@@ -30,8 +41,15 @@ from relevo.streams.datasets import open_dataset
 from relevo.streams.producer import EventProducer
 
 log = logging.getLogger("bench.throughput")
-# Features alone is the target's configuration; adding drift measures its cost; the last is the default worker.
+# Features alone is the single-record target's configuration; the last set is the default worker.
 PROCESSOR_SETS = ("features", "features,drift", "features,drift,suggestions,examples")
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu_s: float  # of the measured process
+    redis_cpu_s: float = 0.0
 
 
 def copies_of(events: list[dict], copies: int) -> list[dict]:
@@ -42,31 +60,53 @@ def copies_of(events: list[dict], copies: int) -> list[dict]:
 
 
 async def produce(bootstrap: str, prefix: str, events: list[dict], per_record: int) -> int:
-    async with EventProducer(bootstrap, prefix, partitions=4,
-                             batch_events=per_record) as producer:
+    async with EventProducer(bootstrap, prefix, partitions=4, batch_events=per_record) as producer:
         for start in range(0, len(events), 20_000):
             await producer.send(events[start:start + 20_000])
         return producer.records_sent
 
 
-def time_worker(settings: Settings, n_events: int, tmp: Path) -> float:
-    """Seconds from the worker's first applied event to its last."""
-    with Runtime(settings, workers=1, api=False):
-        client = redis.Redis.from_url(settings.redis_url)
-        key = f"{settings.key_prefix}:stats"
-        first = None
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            applied = sum(int(v or 0) for v in client.hmget(key, "events_applied", "events_duplicate"))
-            if applied and first is None:
-                first = time.perf_counter()
-            if applied >= n_events:
-                return time.perf_counter() - (first or time.perf_counter())
-            time.sleep(0.02)
-    raise TimeoutError("the worker did not finish")
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
-def time_noop_faust(bootstrap: str, topic: str, n_records: int, tmp: Path) -> float:
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def _applied(client: redis.Redis, prefix: str) -> int:
+    from relevo.core.keys import SHARDS, Keys
+
+    keys, total = Keys(prefix), 0
+    for shard in range(SHARDS):
+        total += sum(int(v or 0) for v in client.hmget(keys.in_shard(shard, "counts"), "events_applied",
+                                                       "events_duplicate"))
+    return total
+
+
+def run_worker(settings: Settings, n_events: int) -> Run:
+    """Run one worker over the topics of ``settings``; measure its window (see the module doc)."""
+    with Runtime(settings, workers=1, api=False) as runtime:
+        client = runtime.redis()
+        worker = psutil.Process(runtime.workers[0].pid)
+        deadline = time.monotonic() + 1800
+        while _applied(client, settings.key_prefix) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker applied nothing")
+            time.sleep(0.01)
+        started, cpu0, rcpu0 = time.perf_counter(), cpu_seconds(worker), redis_cpu(client)
+        while _applied(client, settings.key_prefix) < n_events:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not finish")
+            time.sleep(0.05)
+        if settings.processor_names != ["features"]:
+            runtime.wait_drained(timeout=1800)
+        return Run(time.perf_counter() - started, cpu_seconds(worker) - cpu0, redis_cpu(client) - rcpu0)
+
+
+def time_noop_faust(bootstrap: str, topic: str, n_records: int, tmp: Path) -> Run:
     out = tmp / f"noop-{topic}.txt"
     proc = subprocess.Popen([sys.executable, "-m", "bench.noop_agent", bootstrap, topic, str(n_records),
                              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,31 +114,32 @@ def time_noop_faust(bootstrap: str, topic: str, n_records: int, tmp: Path) -> fl
         deadline = time.monotonic() + 900
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        return float(out.read_text())
+        seconds, cpu = (float(v) for v in out.read_text().split())
+        return Run(seconds, cpu)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-async def time_raw_aiokafka(bootstrap: str, topics: list[str], n_records: int) -> float:
+async def time_raw_aiokafka(bootstrap: str, topics: list[str], n_records: int) -> Run:
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=f"raw-{time.time()}", max_partition_fetch_bytes=8 << 20)
     await consumer.start()
-    count, first = 0, None
+    count, first, cpu0 = 0, None, 0.0
     try:
         while count < n_records:
             batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             if batch and first is None:
-                first = time.perf_counter()
+                first, cpu0 = time.perf_counter(), time.process_time()
             count += sum(len(v) for v in batch.values())
     finally:
         await consumer.stop()
-    return time.perf_counter() - (first or time.perf_counter())
+    return Run(time.perf_counter() - (first or time.perf_counter()), time.process_time() - cpu0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--copies", type=int, default=3, help="copies of the slice for the batched run")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=3, help="copies of the slice for the batched runs")
     parser.add_argument("--limit", type=int, default=None, help="events of the slice to use")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
@@ -108,43 +149,51 @@ def main() -> None:
     with EmbeddedStack(tmp / "servers") as stack:
         bootstrap = stack.kafka_bootstrap
         base = Settings(kafka_bootstrap_servers=bootstrap, redis_url=stack.redis_url, data_dir=tmp,
-                        partitions=4)
+                        partitions=4, checkpoint_s=1.0, idle_s=2.0)
 
         log.info("producing %d events one per record", len(events))
         asyncio.run(produce(bootstrap, "single.", events, per_record=1))
         n_clicks = sum(1 for e in events if e["type"] == "click")
-        noop_s = time_noop_faust(bootstrap, "single.events.click", n_clicks, tmp)
-        single = Settings(**{**base.__dict__, "app_id": "bench-single", "topic_prefix": "single.",
-                             "key_prefix": "b1", "processors": "features"})
-        ours_single_s = time_worker(single, len(events), tmp)
+        noop = time_noop_faust(bootstrap, "single.events.click", n_clicks, tmp)
+        single = run_worker(Settings(**{**base.__dict__, "app_id": "bench-single", "topic_prefix": "single.",
+                                        "key_prefix": "b1", "processors": "features"}), len(events))
 
         log.info("producing %d events batched", len(batched))
         records = asyncio.run(produce(bootstrap, "many.", batched, per_record=200))
-        raw_s = asyncio.run(time_raw_aiokafka(bootstrap, [f"many.events.{t}" for t in
-                                                         ("search", "click", "purchase")], records))
-        many_s = {}
-        for n, processors in enumerate(PROCESSOR_SETS):
-            many = Settings(**{**base.__dict__, "app_id": f"bench-many-{n}", "topic_prefix": "many.",
-                               "key_prefix": f"b2-{n}", "processors": processors})
-            many_s[processors] = time_worker(many, len(batched), tmp)
+        raw = asyncio.run(time_raw_aiokafka(bootstrap, [f"many.events.{t}" for t in
+                                                        ("search", "click", "purchase")], records))
+        many = {processors: run_worker(Settings(**{**base.__dict__, "app_id": f"bench-many-{n}",
+                                                    "topic_prefix": "many.", "key_prefix": f"b2-{n}",
+                                                    "processors": processors}), len(batched))
+                for n, processors in enumerate(PROCESSOR_SETS)}
 
-    noop_rate = n_clicks / noop_s
-    single_rate = len(events) / ours_single_s
+    noop_rate, single_rate = n_clicks / noop.seconds, len(events) / single.seconds
+    noop_cpu, single_cpu = noop.cpu_s / n_clicks * 1e6, single.cpu_s / len(events) * 1e6
+    us = {p: r.cpu_s / len(batched) * 1e6 for p, r in many.items()}
     rows = [
-        ["one event per record", "no-op Faust agent (baseline)", n_clicks, f"{noop_rate:,.0f}"],
-        ["one event per record", "Relevo worker: validate + features → Redis", len(events),
-         f"{single_rate:,.0f} ({single_rate / noop_rate:.0%} of no-op; target ≥ 75%)"],
-        ["200 events per record", "raw aiokafka getmany (baseline)", len(batched),
-         f"{len(batched) / raw_s:,.0f} events/s ({records / raw_s:,.0f} records/s)"],
-        *[["200 events per record", f"Relevo worker: validate + {processors.replace(',', ' + ')}", len(batched),
-           f"{len(batched) / seconds:,.0f} events/s" + (" (target ≥ 25,000)" if processors == "features" else "")]
-          for processors, seconds in many_s.items()],
+        ["one event per record", "no-op Faust agent (baseline)", f"{n_clicks:,}", f"{noop_rate:,.0f}",
+         f"{noop_cpu:.0f}", "-"],
+        ["one event per record", "worker: validate + features", f"{len(events):,}",
+         f"{single_rate:,.0f} ({single_rate / noop_rate:.0%} of no-op; target ≥ 75%)",
+         f"{single_cpu:.0f} ({single_cpu / noop_cpu:.2f}× no-op; target ≤ 1.35×)",
+         f"{single.redis_cpu_s / len(events) * 1e6:.0f}"],
+        ["200 events per record", "raw aiokafka getmany (baseline)", f"{len(batched):,}",
+         f"{len(batched) / raw.seconds:,.0f}", f"{raw.cpu_s / len(batched) * 1e6:.1f}", "-"],
+        *[["200 events per record", f"worker: {p.replace(',', ' + ')}", f"{len(batched):,}",
+           f"{len(batched) / r.seconds:,.0f}",
+           f"{us[p]:.0f}" + (" (target ≤ 40)" if p == PROCESSOR_SETS[-1] else ""),
+           f"{r.redis_cpu_s / len(batched) * 1e6:.0f}"] for p, r in many.items()],
     ]
     record("Stream throughput, one worker process (Trivago events)", None,
-           table(["input", "consumer", "events", "events/s"], rows),
-           notes=f"Input: the Trivago slice ({len(events):,} events); the batched run uses {args.copies} "
-                 "copies with fresh ids. The no-op agent reads the click topic only (one record each). "
-                 "Broker (Tansu), Redis, producer and worker share the machine's cores.")
+           table(["input", "consumer", "events", "events/s (wall)", "process CPU µs/event", "Redis CPU µs/event"],
+                 rows),
+           notes=f"Input: the Trivago slice ({len(events):,} events); the batched runs use {args.copies} copies "
+                 "with fresh ids. The no-op agent reads the click topic only (one record each). Broker (Tansu), "
+                 "Redis, producer and worker share the machine's cores; CPU is the measured process's own.")
+    default = many[PROCESSOR_SETS[-1]]
+    print(f"RESULT throughput default_cpu_us_per_event={us[PROCESSOR_SETS[-1]]:.1f} "
+          f"default_events_per_s={len(batched) / default.seconds:.0f} "
+          f"single_ratio_to_noop={single_rate / noop_rate:.2f} single_cpu_ratio_to_noop={single_cpu / noop_cpu:.2f}")
 
 
 if __name__ == "__main__":

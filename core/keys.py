@@ -72,6 +72,12 @@ class Keys:
         part = f"{entity}:{safe_id(entity_id)}"
         return f"{self.prefix}:{{{shard_of(part)}}}:{part}:{feature}"
 
+    @lru_cache(maxsize=1 << 16)  # noqa: B019  (bounded; Keys are few and live as long as the process)
+    def located(self, entity: str, entity_id: str, feature: str) -> tuple[str, int]:
+        """``entity(...)`` and its shard: what a writer groups updates by, for every update of a batch."""
+        key = self.entity(entity, entity_id, feature)
+        return key, self.shard(key)
+
     def in_shard(self, shard: int, name: str) -> str:
         """A shard's own bookkeeping key (same slot as the shard's entities)."""
         return f"{self.prefix}:{{{shard}}}:{name}"

@@ -18,14 +18,16 @@ key's landmark, which is the same sum as applying each event on its own.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from relevo.core.decay import factor, rate_per_ms
+from relevo.core.decay import rate_per_ms
 from relevo.core.keys import Keys
 from relevo.features.definitions import FEATURES, Feature
 
 INDEX = {f: i for i, f in enumerate(FEATURES)}
+_RATES = {f: rate_per_ms(f.half_life_s) for f in FEATURES if f.half_life_s}
 DEFS = [[f.aggregation, rate_per_ms(f.half_life_s) if f.half_life_s else 0, f.ttl_s, f.max_members or 0]
         for f in FEATURES]
 
@@ -65,11 +67,10 @@ class BatchUpdate:
                 group = groups[(feature, entity_id)]
                 group[member] = group.get(member, 0) + n
         self._each.clear()
-        t_ref = self.t_ref
+        t_ref, rates, exp = self.t_ref, _RATES, math.exp  # the decay rule (relevo.core.decay), inlined: hot
         for feature, entity_id, member, weight, ts in self._decayed:
             group = groups[(feature, entity_id)]
-            value = weight * factor(t_ref - ts, feature.half_life_s)
-            group[member] = group.get(member, 0.0) + value
+            group[member] = group.get(member, 0.0) + weight * exp((ts - t_ref) * rates[feature])
         self._decayed.clear()
 
     def by_shard(self, keys: Keys) -> dict[int, list[list[object]]]:
@@ -80,6 +81,6 @@ class BatchUpdate:
             flat: list[object] = []
             for member, value in members.items():
                 flat += (member, value)
-            key = keys.entity(feature.entity, entity_id, feature.name)
-            shards.setdefault(Keys.shard(key), []).append([INDEX[feature], key, flat])
+            key, shard = keys.located(feature.entity, entity_id, feature.name)
+            shards.setdefault(shard, []).append([INDEX[feature], key, flat])
         return shards

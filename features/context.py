@@ -83,9 +83,26 @@ class DecayedCounts:
 
     def add(self, key: str, ts: int, weight: float = 1.0) -> None:
         self._values[key] = (self.get(key, ts) + weight, ts)
-        if len(self._values) > self.max_items:  # forget the weaker half, rarely
-            keep = sorted(self._values.items(), key=lambda kv: kv[1][0], reverse=True)
-            self._values = dict(keep[: self.max_items // 2])
+        if len(self._values) > self.max_items:
+            self._forget()
+
+    def add_each(self, keys: Sequence[str], ts: int) -> None:
+        """``add(key, ts)`` for every key (a search's impressions: one call per list, not per item)."""
+        values, rate, exp = self._values, rate_per_ms(self.half_life_ms / 1000), math.exp
+        for key in keys:
+            entry = values.get(key)
+            if entry is None:
+                values[key] = (1.0, ts)
+            else:
+                value, at = entry
+                values[key] = ((value if ts <= at else value * exp((at - ts) * rate)) + 1.0, max(ts, at))
+        if len(values) > self.max_items:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Forget the weaker half, rarely."""
+        keep = sorted(self._values.items(), key=lambda kv: kv[1][0], reverse=True)
+        self._values = dict(keep[: self.max_items // 2])
 
     def many(self, keys: Sequence[str], ts: int) -> list[float]:
         """``get`` of each key (one call per list: this runs for every item of every search)."""
@@ -115,15 +132,18 @@ class RegionStats:
     popularity: DecayedCounts
     impressions: DecayedCounts
     clicks: DecayedCounts
-    prices: _Lru
+    prices: dict[str, float]
+    max_prices: int
 
     @classmethod
     def new(cls, half_life_ms: float, max_items: int) -> RegionStats:
-        return cls(*(DecayedCounts(half_life_ms, max_items) for _ in range(3)), _Lru(max_items))
+        return cls(*(DecayedCounts(half_life_ms, max_items) for _ in range(3)), {}, max_items)
 
-    def remember_price(self, item: str, price: float) -> None:
-        self.prices.touch(item, float)
-        self.prices[item] = price
+    def remember_prices(self, items: Sequence[str], prices: Sequence[float]) -> None:
+        """The last price seen for each item (bounded: past the cap the half seen first is forgotten)."""
+        self.prices.update(zip(items, prices, strict=False))
+        if len(self.prices) > self.max_prices:
+            self.prices = dict(list(self.prices.items())[self.max_prices // 2:])
 
 
 class _Lru(OrderedDict):
@@ -143,12 +163,14 @@ class _Lru(OrderedDict):
 
 
 def _rank_fraction(values: Sequence[float]) -> list[float]:
-    """Each value's ascending rank scaled to 0..1 (ties share the lower rank)."""
-    first: dict[float, int] = {}
-    for rank, value in enumerate(sorted(values)):
-        first.setdefault(value, rank)
+    """Each value's ascending rank scaled to 0..1 (ties share the lower rank).
+
+    >>> _rank_fraction([3.0, 1.0, 3.0])
+    [0.5, 0.0, 0.5]
+    """
     top = max(len(values) - 1, 1)
-    return [first[v] / top for v in values]
+    first = {value: rank / top for rank, value in reversed(list(enumerate(sorted(values))))}
+    return [first[v] for v in values]
 
 
 class ContextState:
@@ -176,16 +198,15 @@ class ContextState:
             results = event.get("results", ())
             session.searches += len(results) > 1
             session.shown.update(results)
-            for item in results:
-                stats.impressions.add(item, event["ts"])
-            for item, price in zip(results, event.get("prices") or (), strict=False):
-                stats.remember_price(item, price)
+            stats.impressions.add_each(results, event["ts"])
+            if event.get("prices"):
+                stats.remember_prices(results, event["prices"])
             if len(results) == 1 and event.get("query"):  # a search naming one item: the user asked for it
                 session.searched[results[0]] = event["ts"]
             return
         item, ts = event["item_id"], event["ts"]
         if event.get("price"):
-            stats.remember_price(item, event["price"])
+            stats.remember_prices((item,), (event["price"],))
         if stats.prices.get(item):
             session.log_prices = [*session.log_prices[-19:], math.log(stats.prices[item])]
         grade = GRADES[event.get("kind", "click") if event["type"] == "click" else "purchase"]
@@ -245,7 +266,9 @@ class ContextState:
         item_clicks = stats.clicks.many(items, ts) if stats else zeros
         user = self.users.get(search["user_id"], {})
         last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
-        by_rule = sorted(range(n), key=lambda p: (recency.get(items[p], len(recency)), p))
+        # the session rule: touched items first, most recent first, then the rest in the shown order
+        by_rule = sorted(touched_here, key=lambda p: (recency[items[p]], p))
+        by_rule += [p for p in range(n) if items[p] not in touches]
         rule_rank = {p: rank for rank, p in enumerate(by_rule)}
         # the same for every item of the list
         touched_any, session_breadth = float(last_pos is not None), math.log1p(len(touches))

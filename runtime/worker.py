@@ -15,6 +15,7 @@ from collections.abc import Callable
 import faust
 import redis.asyncio as aioredis
 
+from relevo.core.heap import tune_for_large_heaps
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
 from relevo.drift.combined import STAGE as GLOBAL
@@ -123,6 +124,7 @@ MAX_SET = "local c = tonumber(redis.call('GET', KEYS[1])) if not c or tonumber(A
 def run_worker(settings: Settings) -> None:
     """Run one worker process until SIGINT/SIGTERM."""
     _check(settings)
+    tune_for_large_heaps()
     keys = Keys(settings.key_prefix)
     app = create_app(settings,
                      lambda redis, outputs, progress: build_processors(settings, redis, keys, outputs, progress),

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from relevo import __version__
+from relevo.core.heap import tune_for_large_heaps
 from relevo.core.keys import Keys
 from relevo.core.redis import AnyRedis, connect, is_cluster
 from relevo.core.settings import Settings
@@ -176,6 +177,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     torch.set_num_threads(1)  # small models; more threads only contend with the event loop
+    tune_for_large_heaps()  # every replica holds the region partitions' ranking context
 
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
                 log_level=settings.log_level.lower(), access_log=False)

@@ -32,10 +32,10 @@ False
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 Event = dict[str, Any]
@@ -59,6 +59,13 @@ def stamp(events: list[Event], topic: str, partition: int, offset: int) -> list[
     for index, event in enumerate(events):
         event[SOURCE], event[POSITION] = source, (offset, index)
     return events
+
+
+_first = itemgetter(0)
+
+
+def _ts(held: tuple[tuple[int, int, str], Event]) -> int:
+    return held[0][0]
 
 
 def order_key(event: Event) -> tuple[int, int, str]:
@@ -122,13 +129,12 @@ class EventTimeMerge:
         self.idle_ms = idle_ms
         self.sources: dict[str, _Source] = {s: _Source() for s in sources}
         self.late = 0  # events that arrived after the merge had passed their time (applied at once)
-        self._heap: list[tuple[tuple[int, int, str], int, Event]] = []
-        self._arrivals = itertools.count()
+        self._held: list[tuple[tuple[int, int, str], Event]] = []  # sorted when released (timsort: mostly runs)
         self._last: tuple[int, int, str] | None = None
         self.clock = 0  # event time of the latest event released (never ahead of a robust watermark)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._held)
 
     def mark(self, source: str, mark: Mark) -> None:
         state = self.sources.setdefault(source, _Source())
@@ -147,7 +153,7 @@ class EventTimeMerge:
         key = order_key(event)
         if self._last is not None and key < self._last:
             self.late += 1
-        heapq.heappush(self._heap, (key, next(self._arrivals), event))
+        self._held.append((key, event))
         return True
 
     def _idle(self, state: _Source) -> bool:
@@ -178,14 +184,16 @@ class EventTimeMerge:
     def ready(self) -> list[Event]:
         """The buffered events the watermark has passed, in ``order_key`` order."""
         watermark = self.watermark()
-        if watermark is None:
+        if watermark is None or not self._held:
             return []
-        out: list[Event] = []
-        heap = self._heap
-        while heap and (heap[0][0][0] < watermark or watermark == float("inf")):
-            key, _, event = heapq.heappop(heap)
-            self._last = key if self._last is None else max(self._last, key)
-            out.append(event)
+        held = self._held
+        held.sort(key=_first)  # keys are unique (event ids are), so events never get compared
+        cut = len(held) if watermark == float("inf") else bisect.bisect_left(held, watermark, key=_ts)
+        if not cut:
+            return []
+        out = [event for _, event in held[:cut]]
+        self._last = held[cut - 1][0] if self._last is None else max(self._last, held[cut - 1][0])
+        del held[:cut]
         if out:
             ceiling = watermark if watermark != float("inf") else self.reach
             self.clock = max(self.clock, min(out[-1]["ts"], ceiling))

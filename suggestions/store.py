@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
@@ -130,7 +130,7 @@ class SuggestionStore:
         if searches:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for event in searches:
-                    pipe.set(self.search_key(event.search_id), orjson.dumps(asdict(event)),
+                    pipe.set(self.search_key(event.search_id), orjson.dumps(event),  # orjson writes dataclasses
                              ex=self.config.search_memory_s)
                 await pipe.execute()
 

@@ -103,10 +103,10 @@ def _feature_keys(client: redis.Redis, prefix: str) -> dict[str, str]:
     return found
 
 
-def feature_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
-    """Every feature key under ``prefix``, prefix and shard tag stripped."""
+def feature_snapshot(client: redis.Redis, prefix: str, keys: dict[str, str] | None = None) -> dict[str, object]:
+    """Every feature key under ``prefix`` (or those of ``keys``), prefix and shard tag stripped."""
     snapshot: dict[str, object] = {}
-    for name, key in _feature_keys(client, prefix).items():
+    for name, key in (keys if keys is not None else _feature_keys(client, prefix)).items():
         kind = client.type(key).decode()
         if kind == "zset":
             snapshot[name] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
@@ -121,11 +121,13 @@ def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, obj
 
     half_lives = {(f.entity, f.name): f.half_life_s for f in FEATURES if f.half_life_s}
     keys = _feature_keys(client, prefix)
-    snap = feature_snapshot(client, prefix)
+    snap = feature_snapshot(client, prefix, keys)  # one listing: a key written meanwhile is read next time
     for name, members in snap.items():
         entity, *_, feature = name.split(":")
         if (entity, feature) in half_lives and isinstance(members, dict):
-            landmark = int(float(client.get(keys[name] + "~L")))
+            stored = client.get(keys[name] + "~L")
+            assert stored is not None, f"{name} has no landmark yet (still being written)"
+            landmark = int(float(stored))
             f = math.pow(2, (landmark - as_of) / 1000 / half_lives[(entity, feature)])
             snap[name] = {m: v * f for m, v in members.items()}
     return snap
