@@ -52,6 +52,7 @@ class CombinedState:
     through: dict[int, int]  # region partition -> every bucket up to this one received
     pending: dict[int, list[Any]] = dataclasses.field(default_factory=dict)  # bucket -> [events, purchases, values]
     next_bucket: int | None = None  # the first bucket not yet turned into observations
+    silent: int = 0  # empty buckets reported since the last one with events (capped at max_gap)
     detection: DetectionState | None = None
 
 
@@ -94,22 +95,20 @@ class GlobalDrift:
             if not state.pending:
                 return
             state.next_bucket = min(state.pending)
-        empty = 0
         while state.next_bucket <= complete:
             number = state.next_bucket
             ts = number * self.bucket_ms
             bucket = state.pending.pop(number, None)
             if bucket is None:
-                empty += 1
-                if empty <= self.max_gap:
+                if state.silent < self.max_gap:  # capped per silence, however the calls split it
+                    state.silent += 1
                     out.append((GLOBAL, "volume", 0.0, ts))
                     state.next_bucket += 1
                 else:  # a long silence: skip to the next bucket with events
                     later = [n for n in state.pending if n <= complete]
                     state.next_bucket = min(later) if later else complete + 1
-                    empty = 0
                 continue
-            empty = 0
+            state.silent = 0
             events, purchases, metrics = bucket
             out.append((GLOBAL, "volume", float(events), ts))
             if events:

@@ -62,7 +62,8 @@ class Signals:
         self.max_regions = max_regions
         self.clock = 0
         self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # search_id -> [region, ts, clicked]
-        # region -> [open bucket, events, purchases in it], least recently seen first (capped)
+        # region -> [open bucket, events and purchases in it, empty buckets reported since its last event],
+        # least recently seen first (capped)
         self._buckets: OrderedDict[str, list[int]] = OrderedDict()
 
     def observe(self, events: Sequence[Event], horizon: float = float("-inf")) -> list[Observation]:
@@ -122,7 +123,7 @@ class Signals:
         bucket = ts // self.bucket_ms
         state = self._buckets.get(region)
         if state is None:
-            state = self._buckets[region] = [bucket, 0, 0]
+            state = self._buckets[region] = [bucket, 0, 0, 0]
             if len(self._buckets) > self.max_regions:  # a flood of region codes: forget the stalest
                 self._buckets.popitem(last=False)
         self._buckets.move_to_end(region)
@@ -132,12 +133,21 @@ class Signals:
         state[2] += purchase
 
     def _advance(self, region: str, bucket: int, out: list[Observation]) -> None:
-        """Close the open bucket and the empty ones up to ``bucket``, which becomes the open one."""
+        """Close the open bucket and the empty ones up to ``bucket``, which becomes the open one.
+
+        Zeros are capped per silence, not per call: how far the horizon moved at each
+        batch must not change how many a silent region reports.
+        """
         state = self._buckets[region]
-        ts = state[0] * self.bucket_ms
-        out.append((region, "volume", float(state[1]), ts))
-        if state[1]:
-            out.append((region, "purchase_rate", state[2] / state[1], ts))
-        for gap in range(1, min(bucket - state[0], self.max_gap + 1)):
-            out.append((region, "volume", 0.0, ts + gap * self.bucket_ms))
-        state[:] = bucket, 0, 0
+        opened, events, purchases, silent = state
+        ts = opened * self.bucket_ms
+        if events:
+            out.append((region, "volume", float(events), ts))
+            out.append((region, "purchase_rate", purchases / events, ts))
+            silent = 0
+        elif silent < self.max_gap:
+            out.append((region, "volume", 0.0, ts))
+            silent += 1
+        zeros = max(0, min(bucket - opened - 1, self.max_gap - silent))
+        out.extend((region, "volume", 0.0, ts + gap * self.bucket_ms) for gap in range(1, zeros + 1))
+        state[:] = bucket, 0, 0, silent + zeros

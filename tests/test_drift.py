@@ -109,3 +109,23 @@ async def test_warm_up_holds_alerts_back() -> None:
     monitor = DriftMonitor(sinks=[sink], ctr_timeout_ms=60_000)
     await run(monitor, searches([(150, 0.9), (150, 0.0)]))  # a collapse, but before warm-up ends
     assert opened(sink) == []
+
+
+def test_a_silent_region_reports_the_same_zeros_however_the_horizon_moves() -> None:
+    from relevo.drift.signals import Signals
+
+    minute = 60_000
+    event = {"type": "purchase", "region": "IE", "locale": "en-IE", "user_id": "u", "session_id": "s",
+             "item_id": "i", "order_id": "o", "price": 1.0}
+
+    def volumes(horizon_steps: list[int]) -> list[tuple[float, int]]:
+        signals = Signals(max_gap=5)
+        out = signals.observe([{**event, "event_id": "a", "ts": 0}])
+        for horizon in horizon_steps:  # three silent hours, seen in one step or in many
+            out += signals.observe([], horizon=horizon)
+        out += signals.observe([{**event, "event_id": "b", "ts": 180 * minute}], horizon=180 * minute)
+        return [(value, ts) for _, metric, value, ts in out if metric == "volume"]
+
+    one_step = volumes([179 * minute])
+    assert one_step == volumes(list(range(minute, 179 * minute, 7 * minute))) == volumes([3 * minute, 179 * minute])
+    assert [v for v, _ in one_step] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
