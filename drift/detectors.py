@@ -276,3 +276,80 @@ class MixDetector:
     @property
     def window(self) -> int:
         return len(self._recent)
+
+
+class EnvelopeDetector:
+    """Counts per bucket against the range of the last day's hours: for signals with a daily cycle.
+
+    The mean of the last ``window`` buckets is compared with the lowest and the highest
+    mean of the previous ``blocks`` whole windows (the last day's hours): a morning
+    ramp-up stays inside what yesterday did, a region that goes silent in its busiest
+    hour, or triples, does not. The change is a log ratio to the bound crossed, with
+    ``floor`` events of slack.
+
+    >>> d = EnvelopeDetector(window=2, blocks=3, threshold=1.0, floor=1.0)
+    >>> for x in [1, 1, 9, 9, 1, 1, 9, 9]:  # a cycle: never outside its own range
+    ...     d.update(x)
+    ...     assert not d.drift_detected
+    >>> for x in [40, 40]:
+    ...     d.update(x)
+    >>> d.drift_detected, d.baseline, d.current
+    (True, 9.0, 40.0)
+    """
+
+    name = "envelope"
+
+    def __init__(self, *, window: int = 60, blocks: int = 24, threshold: float = 1.1, floor: float = 3.0) -> None:
+        self.threshold, self._floor = threshold, floor
+        self._recent: deque[float] = deque(maxlen=window)
+        self._block_sum, self._block_n = 0.0, 0
+        self._blocks: deque[float] = deque(maxlen=blocks)  # means of the last whole windows
+        self._detected, self._statistic = False, 0.0
+        self._normal: float | None = None  # the bound crossed, while alerting
+
+    def update(self, x: float) -> None:
+        x = float(x)
+        self._detected = False
+        self._recent.append(x)
+        if len(self._blocks) == self._blocks.maxlen:
+            self._check()
+        self._block_sum += x
+        self._block_n += 1
+        if self._block_n == self._recent.maxlen:
+            self._blocks.append(self._block_sum / self._block_n)
+            self._block_sum, self._block_n = 0.0, 0
+
+    def _check(self) -> None:
+        if len(self._recent) < (self._recent.maxlen or 0):
+            return
+        low, high, current = min(self._blocks), max(self._blocks), self.current
+        bound = high if current > high else low if current < low else current
+        change = log_ratio(current, bound, self._floor)
+        if self._normal is None and abs(change) >= self.threshold:
+            self._detected, self._statistic, self._normal = True, change, bound
+        elif self._normal is not None and abs(change) < self.threshold / 2:
+            self._normal = None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def statistic(self) -> float:
+        return self._statistic
+
+    @property
+    def baseline(self) -> float:
+        return self._normal if self._normal is not None else (max(self._blocks) if self._blocks else 0.0)
+
+    @property
+    def current(self) -> float:
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
+
+    @property
+    def recovered(self) -> bool:
+        return self._normal is None
+
+    @property
+    def window(self) -> int:
+        return len(self._recent)

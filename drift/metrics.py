@@ -20,7 +20,7 @@ from functools import partial
 
 from river.drift import ADWIN
 
-from relevo.drift.detectors import Detector, MixDetector, RiverDetector
+from relevo.drift.detectors import Detector, EnvelopeDetector, MixDetector, RiverDetector
 
 GLOBAL = "*"  # not a valid region code in the event contract, so it cannot collide with one
 
@@ -47,11 +47,10 @@ METRICS: Mapping[str, MetricSpec] = dict([
     _spec("purchase_rate", "share of purchases among the events of each non-empty minute",
           partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=0.3, window=500, floor=0.01),
           warmup=2000),
-    # Volume: the last hour against the last day, as a log ratio (3 events/min of slack, so
-    # a quiet region's night is not a collapse); a change of about 3x either way.
+    # Volume has a daily cycle: the last hour against the range of the last day's hours (a change
+    # of about 3x beyond it, 3 events/min of slack, so a quiet region's night is not a collapse).
     _spec("volume", "events per event-time minute",
-          partial(RiverDetector, ADWIN, {"delta": 1e-5}, threshold=1.1, window=60, memory=1440, floor=3.0,
-                  log_scale=True), warmup=720),
+          partial(EnvelopeDetector, window=60, blocks=24, threshold=1.1, floor=3.0), warmup=1440),
     # Mixes drift with the time of day (regions wake up in turn), so PSI needs to be large.
     _spec("query_language", "language of each non-empty query (relevo.core.language, the locale as a prior)",
           partial(MixDetector, threshold=0.4, reference=3000, window=1000), warmup=4000),
