@@ -66,9 +66,8 @@ async def produce(bootstrap: str, prefix: str, events: list[dict], per_record: i
         return producer.records_sent
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
+def cpu_seconds(*processes: psutil.Process) -> float:
+    return sum(times.user + times.system for times in (p.cpu_times() for p in processes))
 
 
 def redis_cpu(client: redis.Redis) -> float:
@@ -86,24 +85,25 @@ def _applied(client: redis.Redis, prefix: str) -> int:
     return total
 
 
-def run_worker(settings: Settings, n_events: int) -> Run:
-    """Run one worker over the topics of ``settings``; measure its window (see the module doc)."""
-    with Runtime(settings, workers=1, api=False) as runtime:
+def run_worker(settings: Settings, n_events: int, workers: int = 1) -> Run:
+    """Run ``workers`` worker processes over the topics of ``settings``; measure their window (see the
+    module doc) and their CPU summed."""
+    with Runtime(settings, workers=workers, api=False) as runtime:
         client = runtime.redis()
-        worker = psutil.Process(runtime.workers[0].pid)
+        processes = [psutil.Process(w.pid) for w in runtime.workers]
         deadline = time.monotonic() + 1800
         while _applied(client, settings.key_prefix) == 0:
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker applied nothing")
             time.sleep(0.01)
-        started, cpu0, rcpu0 = time.perf_counter(), cpu_seconds(worker), redis_cpu(client)
+        started, cpu0, rcpu0 = time.perf_counter(), cpu_seconds(*processes), redis_cpu(client)
         while _applied(client, settings.key_prefix) < n_events:
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker did not finish")
             time.sleep(0.05)
         if settings.processor_names != ["features"]:
             runtime.wait_drained(timeout=1800)
-        return Run(time.perf_counter() - started, cpu_seconds(worker) - cpu0, redis_cpu(client) - rcpu0)
+        return Run(time.perf_counter() - started, cpu_seconds(*processes) - cpu0, redis_cpu(client) - rcpu0)
 
 
 def time_noop_faust(bootstrap: str, topic: str, n_records: int, tmp: Path) -> Run:
