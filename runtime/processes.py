@@ -45,18 +45,22 @@ from relevo.streams.topics import DRIFT_GLOBAL, ensure_topics
 log = logging.getLogger(__name__)
 
 
-async def _drained(settings: Settings) -> bool:
+async def _drain_state(settings: Settings) -> tuple[bool, tuple[int, ...]]:
+    """Whether the stages have drained (see ``Runtime.drained``), and where their snapshots stand."""
     redis, keys = connect(settings.redis_url), Keys(settings.key_prefix)
     try:
+        done, positions = True, []
         for partition in range(settings.partitions):
             saved = await Snapshots(redis, keys, REGIONS).load(partition)
             merge = saved[1]["merge"] if saved else None
-            if merge is None or len(merge) or merge.watermark() != float("inf"):
-                return False
-        if "drift" not in settings.processor_names:
-            return True
-        saved = await Snapshots(redis, keys, GLOBAL).load(0)
-        return saved is not None and saved[0] + 1 >= await end_offset(settings, settings.topic(DRIFT_GLOBAL))
+            positions.append(saved[0] if saved else -1)
+            done = done and merge is not None and not len(merge) and merge.watermark() == float("inf")
+        if "drift" in settings.processor_names:
+            saved = await Snapshots(redis, keys, GLOBAL).load(0)
+            positions.append(saved[0] if saved else -1)
+            done = done and saved is not None and saved[0] + 1 >= await end_offset(settings,
+                                                                                   settings.topic(DRIFT_GLOBAL))
+        return done, tuple(positions)
     finally:
         await redis.aclose()
 
@@ -248,14 +252,21 @@ class Runtime(AbstractContextManager["Runtime"]):
         """Whether the keyed stages have applied everything the event topics hold: every region
         partition's snapshot has every source idle and nothing buffered, and the global stage has
         read every bucket (what a bounded replay waits for before it reads alerts)."""
-        return asyncio.run(_drained(self.settings))
+        return asyncio.run(_drain_state(self.settings))[0]
 
     def wait_drained(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.drained():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the stages did not drain within {timeout:.0f}s; see {self.logs}")
-            time.sleep(0.5)
+        """Wait until ``drained()``; give up only when the stages made no progress for ``timeout``
+        seconds (a busy machine is slow, not stuck)."""
+        deadline, seen = time.monotonic() + timeout, None
+        while True:
+            done, positions = asyncio.run(_drain_state(self.settings))
+            if done:
+                return
+            if positions != seen:
+                deadline, seen = time.monotonic() + timeout, positions
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"the stages made no progress for {timeout:.0f}s; see {self.logs}")
+            time.sleep(1.0)
 
     def wait_for_interrupt(self) -> None:
         """Supervise the children until Ctrl-C or SIGTERM."""
