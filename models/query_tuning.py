@@ -33,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+
 from relevo.models.e5_tower import e5_query_tower
 from relevo.models.lora import LoraQueryTower, mean_pool
 from relevo.search.encoder import with_query_tower
 from relevo.search.fusion import FUSION_FILE, Fusion, feature_matrix
 from relevo.search.retrieval import CatalogIndexer
-from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from relevo.search.encoder import TextEncoder
 
 FUSION_FILE = "fusion.json"  # a published fusion, in the tuning directory (see relevo.search.catalog_store)

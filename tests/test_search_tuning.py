@@ -15,6 +15,8 @@ import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from safetensors.torch import save_file
+
 from relevo.core.settings import Settings
 from relevo.models.query_tuning import (
     TOWER_FILE,
@@ -30,8 +32,6 @@ from relevo.search.encoder import load_encoder
 from relevo.search.fusion import Fusion
 from relevo.serving.app import load_search
 from relevo.serving.search import router
-from safetensors.torch import save_file
-
 from tests.test_lora_e5 import CLICKS
 
 pytestmark = pytest.mark.slow
