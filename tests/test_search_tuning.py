@@ -48,7 +48,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
     """A data dir holding a catalog of the clicked titles and a tuning published for it."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("tuned"))
+    settings = Settings(data_dir=tmp_path_factory.mktemp("tuned"), search_keys="public")
     titles = [title for _, title in CLICKS]
     e5_items = load_encoder("e5").encode_items(titles)
     state = train_query_tower([q for q, _ in CLICKS], [[i] for i in range(len(CLICKS))], e5_items,
@@ -64,8 +64,8 @@ def test_published_tower_serves_v1_search(tuned) -> None:
     settings, state = tuned
     app = FastAPI()
     app.include_router(router)
-    app.state.search = load_search(settings, taxonomy=Path("no taxonomy"))  # what the API's startup runs
-    client = TestClient(app)
+    app.state.settings, app.state.search = settings, load_search(settings, taxonomy=Path("no taxonomy"))
+    client = TestClient(app, headers={"X-API-Key": "public"})  # load_search is what the API's startup runs
     answers = [client.get("/v1/search", params={"q": query, "k": 3}).json() for query, _ in CLICKS]
     assert answers[0]["retrieval"] == {"encoder": "use+e5", "query_towers": {"e5": tower_name(state)}, "fusion": "fit"}
 
