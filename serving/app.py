@@ -27,6 +27,7 @@ from relevo.models.registry import Registry
 from relevo.models.rerank import LearnedReranker
 from relevo.models.trainer_worker import registry_dir
 from relevo.search.catalog_store import CatalogConsumer, build_search_service, catalog_dir, open_catalog, tuning_dir
+from relevo.search.fusion import FUSION_FILE
 from relevo.search.service import FeatureSource, Reranker, SearchService
 from relevo.search.taxonomy import TAXONOMY
 from relevo.serving import alerts, features, ingest, models, ops, search, suggest
@@ -93,10 +94,12 @@ def load_search(settings: Settings, features: FeatureSource | None = None, reran
                 taxonomy: Path = TAXONOMY) -> SearchService:
     """The search service over the catalog under the data dir, scored by the search tuning
     published there (and its query tower), else by the prior fusion. Blocking: tens of seconds."""
-    from relevo.models.query_tuning import attach_published  # torch and transformers: loaded here, not on import
+    catalog, published = open_catalog(settings.data_dir), tuning_dir(settings.data_dir)
+    fusion = None
+    if (published / FUSION_FILE).exists():  # transformers (~10 s to import) only for a published tower
+        from relevo.models.query_tuning import attach_published
 
-    catalog = open_catalog(settings.data_dir)
-    fusion = attach_published(catalog, tuning_dir(settings.data_dir), settings.cache_dir)
+        fusion = attach_published(catalog, published, settings.cache_dir)
     return build_search_service(catalog, features, reranker, taxonomy, fusion=fusion)
 
 
