@@ -3,9 +3,11 @@
 
 The catalog repeats the real amazon_multilingual products under distinct ids until it
 holds --items items; queries are the first words of real titles from every market,
-with a user and region context so the ranker does its full work.
+with a user and region context so the ranker does its full work. With ``--tuned`` it
+also measures the search tuning published in the data dir (its fusion, and the LoRA
+query tower when it has one) beside the same encoder with the prior fusion.
 
-    python -m bench.search_latency [--items 100000] [--queries 300]
+    python -m bench.search_latency [--items 100000] [--queries 300] [--encoder use+e5 --tuned]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from relevo.models.ranker import Ranker, RankerConfig
 from relevo.models.registry import Registry
 from relevo.models.rerank import LearnedReranker
 from relevo.search.catalog import load_amazon
-from relevo.search.catalog_store import build_search_service
+from relevo.search.catalog_store import build_search_service, tuning_dir
 from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
 from relevo.search.retrieval import CatalogIndexer
 from relevo.serving.search import router
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--encoder", default=DEFAULT_ENCODER)
+    parser.add_argument("--tuned", action="store_true", help="also measure the published search tuning")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     items = big_catalog(args.items)
@@ -146,6 +149,22 @@ def main() -> None:
     service.reranker = learned_reranker(user["session_items"])
     rows.append([f"in process, faiss HNSW + learned model re-ranking the top {service.reranker.depth}",
                  *percentiles(in_process(service, cases)), ""])
+    if args.tuned:
+        from relevo.models.query_tuning import attach_published
+
+        settings = Settings.from_env()
+        fusion = attach_published(catalog, tuning_dir(settings.data_dir), settings.cache_dir)
+        if fusion is None:
+            raise SystemExit(f"no usable search tuning for encoder {args.encoder!r} in {tuning_dir(settings.data_dir)}")
+        tuned = build_search_service(catalog, features=features, fusion=fusion)
+        towers = ", ".join(f"{part} queries by {name}" for part, name in fusion.query_towers.items()) or "no tower"
+        started = time.perf_counter()
+        in_process(tuned, warm)
+        warm_s = time.perf_counter() - started
+        rows.append([f"in process, faiss HNSW, published fusion ({towers})", *percentiles(in_process(tuned, cases)),
+                     round(warm_s, 1)])
+        rows.append([f"HTTP loopback, faiss HNSW, published fusion ({towers})",
+                     *percentiles(over_http(tuned, cases)), ""])
     overlap = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(ann_top, exact_top, strict=True)])
     notes = (f"{len(catalog):,} items ({len(catalog.lexical):,} titles), encoder `{args.encoder}`, "
              f"hybrid retrieval (100 dense + 100 BM25 candidates) + intent + first ranker with user and "

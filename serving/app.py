@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -25,7 +26,10 @@ from relevo.models.live import LiveModel
 from relevo.models.registry import Registry
 from relevo.models.rerank import LearnedReranker
 from relevo.models.trainer_worker import registry_dir
-from relevo.search.catalog_store import CatalogConsumer, build_search_service, catalog_dir, open_catalog
+from relevo.search.catalog_store import CatalogConsumer, build_search_service, catalog_dir, open_catalog, tuning_dir
+from relevo.search.fusion import FUSION_FILE
+from relevo.search.service import FeatureSource, Reranker, SearchService
+from relevo.search.taxonomy import TAXONOMY
 from relevo.serving import alerts, features, ingest, models, ops, search, suggest
 from relevo.streams.events import Event
 from relevo.streams.follow import follow_catalog, follow_updates
@@ -86,6 +90,19 @@ class LagMonitor:
             await asyncio.sleep(self.every_s)
 
 
+def load_search(settings: Settings, features: FeatureSource | None = None, reranker: Reranker | None = None,
+                taxonomy: Path = TAXONOMY) -> SearchService:
+    """The search service over the catalog under the data dir, scored by the search tuning
+    published there (and its query tower), else by the prior fusion. Blocking: tens of seconds."""
+    catalog, published = open_catalog(settings.data_dir), tuning_dir(settings.data_dir)
+    fusion = None
+    if (published / FUSION_FILE).exists():  # transformers (~10 s to import) only for a published tower
+        from relevo.models.query_tuning import attach_published
+
+        fusion = attach_published(catalog, published, settings.cache_dir)
+    return build_search_service(catalog, features, reranker, taxonomy, fusion=fusion)
+
+
 async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> None:
     """Load the catalog and the encoder (tens of seconds the first time), then follow ``catalog.items``."""
     state = app.state
@@ -95,10 +112,10 @@ async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> 
         return user, await state.store.region(region) if region else None
 
     if state.search is None:  # a restarted follower keeps the catalog it loaded
-        state.catalog = await asyncio.to_thread(open_catalog, settings.data_dir)
         reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth)
                     if settings.rerank_depth else None)
-        state.search = await asyncio.to_thread(build_search_service, state.catalog, features, reranker)
+        state.search = await asyncio.to_thread(load_search, settings, features, reranker)
+        state.catalog = state.search.catalog
         log.info("search ready over %d items", len(state.catalog))
     await follow_catalog(CatalogConsumer(state.catalog, catalog_dir(settings.data_dir)), settings,
                          state.ingest.dead_letter, stop)

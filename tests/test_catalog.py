@@ -134,3 +134,21 @@ async def test_catalog_consumer_upserts_rejects_and_saves(tmp_path):
     await consumer.process([{**GOOD, "titles": {"en-GB": "Copper kettle"}}])
     reopened = CatalogIndexer.open(tmp_path / "catalog", catalog.encoder)
     assert reopened.items["sku-1"]["titles"] == {"en-GB": "Copper kettle"} and len(reopened.vectors) == 1
+
+
+def test_a_catalog_saved_with_another_encoder_is_reindexed_once(tmp_path, monkeypatch):
+    import relevo.search.catalog_store as store
+    from relevo.search.fusion import Fusion
+
+    class Other(Counting):
+        name = "other"
+
+    encoders = {"counting": Counting, "other": Other}
+    monkeypatch.setattr(store, "load_encoder", lambda name, cache_dir: CachedEncoder(encoders[name](), cache_dir))
+    store.load_items(tmp_path, [GOOD, {**GOOD, "item_id": "sku-2"}], "counting")
+    # a published fusion fit for another encoder: the catalog follows it
+    Fusion({"dense:other": 1.0}, "other").save(store.tuning_dir(tmp_path) / "fusion.json")
+    assert store.served_encoder(tmp_path) == "other"
+    catalog = store.open_catalog(tmp_path)
+    assert catalog.encoder.name == "other" and sorted(catalog.items) == ["sku-1", "sku-2"] and len(catalog.vectors) == 2
+    assert store.CatalogIndexer.saved_encoder(store.catalog_dir(tmp_path)) == "other"
