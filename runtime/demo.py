@@ -118,9 +118,16 @@ def load_catalog(settings: Settings) -> None:
     load_items(settings.data_dir, load_amazon(AMAZON_TITLES))
 
 
-def _searches(api: httpx.Client, timeout_s: float = 180.0) -> list[dict[str, Any]]:
+def _search_ready(api: httpx.Client) -> bool:
+    try:
+        return api.get("/v1/search", params={"q": "lego"}, timeout=30).status_code != 503
+    except httpx.TimeoutException:  # a busy machine: the API is still loading, not broken
+        return False
+
+
+def _searches(api: httpx.Client, timeout_s: float = 300.0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
-    while api.get("/v1/search", params={"q": "lego"}).status_code == 503 and time.monotonic() < deadline:
+    while not _search_ready(api) and time.monotonic() < deadline:
         time.sleep(1)  # the API loads the catalog and the taxonomy in the background
     return [api.get("/v1/search", params={"q": q, "region": r, "locale": loc, "k": 3}, timeout=30).json()
             for q, r, loc in DEMO_SEARCHES]
