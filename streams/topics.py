@@ -41,13 +41,14 @@ def all_topics(settings: Settings) -> dict[str, int]:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create every topic Relevo uses (event topics with ``settings.partitions`` partitions)."""
+    """Create every topic Relevo uses (event topics with ``settings.partitions`` partitions), each
+    with ``settings.replication_factor`` replicas."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(name, partitions, 1) for name, partitions in all_topics(settings).items()
-                  if name not in existing]
+        wanted = [NewTopic(name, partitions, settings.replication_factor)
+                  for name, partitions in all_topics(settings).items() if name not in existing]
         if wanted:
             try:
                 await admin.create_topics(wanted)
