@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -182,6 +182,19 @@ def with_body_schemas(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# The docs pages may load only from this server: ReDoc's footer logo would otherwise come from its CDN.
+# (Swagger UI starts from an inline script, and both style with inline styles.)
+DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; worker-src 'self' blob:")
+
+
+async def docs_policy(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    response = await call_next(request)
+    if request.url.path in ("/docs", "/redoc"):
+        response.headers["Content-Security-Policy"] = DOCS_POLICY
+    return response
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,6 +241,7 @@ def create_app(settings: Settings) -> FastAPI:
                                      "is at [/dashboard](/dashboard).",
                          swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
     app.state.http_metrics = instrument(app)
+    app.middleware("http")(docs_policy)
     for module in (ops, ingest, catalog, features, search, suggest, alerts, models, console):
         app.include_router(module.router)
     with_body_schemas(app)

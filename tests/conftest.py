@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,3 +50,34 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
     with local_cluster(tmp_path_factory.mktemp("cluster")) as url:
         yield url
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def debian_package(binary: Path | str, package: str) -> str | None:
+    """``binary``'s path, installing Debian's ``package`` when it is missing; None when it cannot be
+    installed here (no apt, no network, not root)."""
+    found = shutil.which(str(binary))
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def apt(*args: str) -> bool:
+        return subprocess.run(["apt-get", *args], env=env, capture_output=True, timeout=900).returncode == 0
+
+    if not apt("install", "-y", "-q", package):
+        apt("update", "-q")  # an old or missing package list
+        apt("install", "-y", "-q", package)
+    return shutil.which(str(binary))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed when missing (the console and docs tests drive it headless)."""
+    path = debian_package(CHROMIUM, "chromium")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed and `apt-get install -y chromium` failed here")
+    return path

@@ -31,7 +31,8 @@ function row(cells, attrs = {}) {
 }
 
 // A line chart of named series of [x, y] points; x is epoch ms unless `xLabel` formats it otherwise.
-function lineChart(container, series, { xLabel = (x) => when(x).slice(11), width = 640, height = 170 } = {}) {
+function lineChart(container, series, { xLabel = (x) => when(x).slice(11), height = 170 } = {}) {
+  const width = Math.max(320, Math.round(container.clientWidth) || 640);  // drawn at its size: text stays 11 px
   const points = series.flatMap((s) => s.points).filter(([, y]) => y !== null && Number.isFinite(y));
   container.replaceChildren();
   if (!points.length) { container.append(el("p", { class: "empty" }, "no samples yet")); return; }
@@ -135,7 +136,8 @@ function timeline(container, alerts) {
   const lanes = [...new Set(alerts.map((a) => `${a.region} · ${a.metric}`))].sort();
   const t0 = Math.min(...alerts.map((a) => a.first_seen));
   const t1 = Math.max(...alerts.map((a) => a.resolved_at || a.last_seen), t0 + 1);
-  const width = 900, lane = 20, pad = { l: 170, r: 10, t: 6, b: 22 };
+  const width = Math.max(480, Math.round(container.clientWidth) || 900), lane = 20;
+  const pad = { l: 170, r: 10, t: 6, b: 22 };
   const height = pad.t + lanes.length * lane + pad.b;
   const sx = (t) => pad.l + (t - t0) / (t1 - t0) * (width - pad.l - pad.r);
   const svg = el("svg:svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
