@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import redis
 
 from relevo.core.settings import SHARED_DATA
 from relevo.runtime.stack import kafka_server, redis_server
+from tests.systools import debian_package
 
 
 @pytest.fixture(scope="session")
@@ -53,25 +51,6 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def debian_package(binary: Path | str, package: str) -> str | None:
-    """``binary``'s path, installing Debian's ``package`` when it is missing; None when it cannot be
-    installed here (no apt, no network, not root)."""
-    found = shutil.which(str(binary))
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def apt(*args: str) -> bool:
-        return subprocess.run(["apt-get", *args], env=env, capture_output=True, timeout=900).returncode == 0
-
-    if not apt("install", "-y", "-q", package):
-        apt("update", "-q")  # an old or missing package list
-        apt("install", "-y", "-q", package)
-    return shutil.which(str(binary))
 
 
 @pytest.fixture(scope="session")
