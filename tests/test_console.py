@@ -6,6 +6,7 @@ from outside. The dashboard's screenshot is kept under the test's tmp dir and in
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from relevo.runtime.processes import Runtime, first_key
 from relevo.serving.console import Dashboard
 from relevo.streams.producer import EventProducer
 from tests.streamkit import eventually, send, wait_applied
+from tests.test_deploy import grafana_series
 from tests.test_drift import searches
 from tests.test_learning import planted_stream
 
@@ -178,6 +180,15 @@ def test_every_panel_shows_the_replay_in_a_browser(stack, chromium, tmp_path) ->
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, ARTIFACTS / "dashboard.png")
     assert outside == []
+
+
+def test_every_series_the_grafana_dashboard_draws_is_on_metrics(stack) -> None:
+    text = stack["api"].get("/metrics").text
+    families = set(re.findall(r"^# TYPE (\S+) (\w+)", text, re.M))
+    exposed = {name.removesuffix("_total") + suffix for name, kind in families  # TYPE may drop "_total"
+               for suffix in {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(kind, ("",))}
+    wanted = grafana_series()
+    assert wanted and wanted <= exposed, wanted - exposed
 
 
 def test_the_docs_render_offline_in_a_browser(stack, chromium, tmp_path) -> None:
