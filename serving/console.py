@@ -35,7 +35,8 @@ from relevo.models.live_mrr import windows
 from relevo.search.analytics import read_analytics
 from relevo.serving.auth import READ
 from relevo.serving.schemas import ERRORS, AlertOut
-from relevo.streams.dlq import Summary, follow_dead_letters
+from relevo.streams.dlq import Summary
+from relevo.streams.follow import follow_dead_letters
 
 STATIC = Path(__file__).parent / "static"
 SAMPLE_S = 2.0

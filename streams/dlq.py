@@ -2,9 +2,9 @@
 
 Every record on ``events.dlq`` holds the original bytes and a ``reason`` header (and
 ``topic``: where it came from, ``api`` for rejects at the HTTP edge). ``summarise``
-groups them by reason with samples (``follow_dead_letters`` keeps one current for the
-console); ``redrive`` validates the selected ones again
-with today's contract and sends what passes to the event topics. Re-driving is
+groups them by reason with samples (``relevo.streams.follow.follow_dead_letters`` feeds
+the console's); ``redrive`` validates the selected ones again with today's contract and
+sends what passes to the event topics. Re-driving is
 idempotent: the feature writer de-duplicates event ids (within
 ``RELEVO_DEDUPE_WINDOW_S``), so an event that was already applied changes nothing.
 Letters from ``train.batches`` or ``catalog.items`` are listed but never re-driven.
@@ -17,13 +17,11 @@ Letters from ``train.batches`` or ``catalog.items`` are listed but never re-driv
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from relevo.core.settings import Settings
@@ -97,22 +95,6 @@ async def dead_letters(settings: Settings) -> AsyncIterator[DeadLetter]:
     async for records in read_log(settings, [settings.topic(DLQ)]):
         for record in records:
             yield DeadLetter.of(record)
-
-
-async def follow_dead_letters(settings: Settings, add: Callable[[DeadLetter], None],
-                              stop: asyncio.Event | None = None) -> None:
-    """Call ``add`` with every dead letter, from the start of the topic on, until ``stop``."""
-    stop = stop or asyncio.Event()
-    consumer = AIOKafkaConsumer(settings.topic(DLQ), bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        while not stop.is_set():
-            for records in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
-                for record in records:
-                    add(DeadLetter.of(record))
-    finally:
-        await consumer.stop()
 
 
 @dataclass
