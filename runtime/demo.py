@@ -23,7 +23,7 @@ import httpx
 from relevo.core.redis import connect
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.stats import read_stats
-from relevo.runtime.processes import Runtime, first_key
+from relevo.runtime.processes import Runtime, first_key, stack_file
 from relevo.streams.datasets import open_dataset
 from relevo.streams.lag import consumer_lag
 from relevo.streams.producer import EventProducer
@@ -89,7 +89,8 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
                     a for a in summary["alerts"] if a["region"] != inject_drift]
         sys.stdout.write(render(summary))
         if keep_running:
-            log.info("still running: API %s (docs at /docs). Ctrl-C stops everything.", runtime.api_url)
+            log.info("still running: the console at %s/dashboard, the API docs at /docs (this run's keys in %s). "
+                     "Ctrl-C stops everything.", runtime.api_url, stack_file(runtime.settings))
             runtime.wait_for_interrupt()
     return 0
 
