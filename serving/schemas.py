@@ -262,7 +262,7 @@ class ModelVersionOut(BaseModel):
     parent: int | None
     window: tuple[int, int] = Field(description="event time of the oldest and newest training example")
     figures: Scores = Field(description="evaluation figures (prequential MRR, the session rule's, hold-out)")
-    config: dict[str, int]
+    config: dict[str, int | float | str] = Field(description="the ranker's sizes and the feature set it was trained on")
     created: float = Field(description="epoch seconds")
 
 
