@@ -207,6 +207,12 @@ class Understanding(BaseModel):
     entities: Entities
 
 
+class Retrieval(BaseModel):
+    encoder: str = Field(description="the catalog's encoder (its parts joined by +)")
+    query_towers: dict[str, str] = Field(description="encoder part -> the tuned tower encoding its queries")
+    fusion: str = Field(description="how the retrievers' scores are combined")
+
+
 class SearchAnswer(BaseModel):
     query: str
     region: str | None
@@ -214,6 +220,7 @@ class SearchAnswer(BaseModel):
     user_id: str | None
     understanding: Understanding
     results: list[SearchResult]
+    retrieval: Retrieval
     took_ms: float
 
 
