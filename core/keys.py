@@ -100,6 +100,14 @@ class Keys:
         """The snapshot of one partition of a stage (``regions``, ``global``)."""
         return f"{self.prefix}:stage:{{{stage}:{partition}}}"
 
+    def search_analytics(self, partition: int) -> str:
+        """The search analytics of one region partition: region -> summary (``relevo.search.analytics``).
+
+        >>> Keys("rv").search_analytics(3)
+        'rv:analytics:{analytics:3}'
+        """
+        return f"{self.prefix}:analytics:{{analytics:{partition}}}"
+
     @property
     def clock(self) -> str:
         """The stream clock: the latest event time applied, in epoch ms."""

@@ -40,6 +40,8 @@ class Settings:
     data_dir: Path = _env_field("RELEVO_DATA_DIR", Path(".relevo"), "logs and state of the embedded stack")
     topic_prefix: str = _env_field("RELEVO_TOPIC_PREFIX", "", "prefix for every topic name")
     partitions: int = _env_field("RELEVO_PARTITIONS", 4, "partitions of the event topics")
+    replication_factor: int = _env_field("RELEVO_REPLICATION_FACTOR", 1,
+                                         "replicas of each topic Relevo creates (3 on a production cluster)")
     app_id: str = _env_field("RELEVO_APP_ID", "relevo", "Faust app id (consumer group)")
     key_prefix: str = _env_field("RELEVO_KEY_PREFIX", "rv", "prefix of every Redis key")
     api_host: str = _env_field("RELEVO_API_HOST", "127.0.0.1", "HTTP API bind address")
@@ -70,9 +72,9 @@ class Settings:
     worker_batch_wait_s: float = _env_field("RELEVO_WORKER_BATCH_WAIT_S", 0.005, "longest wait to fill a batch")
     fetch_max_wait_ms: int = _env_field("RELEVO_FETCH_MAX_WAIT_MS", 5, "longest a fetch waits for new records")
     session_timeout_s: float = _env_field("RELEVO_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout")
-    processors: str = _env_field("RELEVO_PROCESSORS", "features,drift,suggestions,examples",
+    processors: str = _env_field("RELEVO_PROCESSORS", "features,drift,suggestions,examples,analytics",
                                  "what the worker does: features and suggestions per batch of the event "
-                                 "topics; drift and examples per partition of the region stream")
+                                 "topics; drift, examples and search analytics per partition of the region stream")
     idle_s: float = _env_field("RELEVO_IDLE_S", 5.0, "a source read to its end and silent this long stops "
                                "holding the stream's event time back")
     max_clock_jump_s: int = _env_field("RELEVO_MAX_CLOCK_JUMP_S", 3600, "a source's event time jumps further "

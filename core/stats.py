@@ -2,12 +2,17 @@
 
 Counters live in one hash; feature freshness (record produced → features
 written) is kept as histogram buckets for Prometheus and as a capped list of
-recent samples for exact percentiles.
+recent samples for exact percentiles; each batch processor's time as
+``seconds:<name>`` beside ``batches:<name>``.
 
 >>> bucket_field(3.2), bucket_field(6000)
 ('fresh_le_5', 'fresh_le_inf')
 >>> percentile([5, 1, 3, 2, 4], 0.5)
 3
+>>> bucket_quantile(0.5, (1, 2, 5), [0, 10, 10, 0])  # half of 20 in (1, 2], half in (2, 5]
+2.0
+>>> bucket_quantile(0.99, (1, 2, 5), [0, 0, 0, 3]), bucket_quantile(0.5, (1, 2), [0, 0, 0])  # past the last bound
+(5, nan)
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -39,6 +44,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
+    """The ``q`` quantile of a histogram, interpolated within its bucket as Prometheus'
+    ``histogram_quantile`` does; ``counts`` has one count per bound (values up to it, above the
+    previous one) and a last one past every bound (reported as the last bound)."""
+    total = sum(counts)
+    if total <= 0:
+        return float("nan")
+    rank, seen, lower = q * total, 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=False):
+        if count and seen + count >= rank:
+            return lower + (bound - lower) * (rank - seen) / count
+        seen, lower = seen + count, bound
+    return bounds[-1]
+
+
 class WorkerStats:
     """Counts what one batch did and adds it to the shared statistics in Redis."""
 
@@ -46,8 +66,10 @@ class WorkerStats:
         self.redis, self.keys = redis, keys
 
     async def record(self, topics: Iterable[str], events_by_topic: Counter[str],
-                     dlq_reasons: Iterable[str], produced_ms: Iterable[int | None]) -> None:
+                     dlq_reasons: Iterable[str], produced_ms: Iterable[int | None],
+                     seconds: Mapping[str, float] | None = None) -> None:
         counts: Counter[str] = Counter(f"records:{t}" for t in topics)
+        counts.update(f"batches:{name}" for name in seconds or ())
         counts.update({f"events:{t}": n for t, n in events_by_topic.items()})
         counts.update(f"dlq:{reason_kind(r)}" for r in dlq_reasons)
         now = time.time() * 1000
@@ -56,6 +78,8 @@ class WorkerStats:
         async with self.redis.pipeline(transaction=False) as pipe:
             for field, n in counts.items():
                 pipe.hincrby(self.keys.stats, field, n)
+            for name, spent in (seconds or {}).items():
+                pipe.hincrbyfloat(self.keys.stats, f"seconds:{name}", spent)
             if ages:
                 pipe.hincrbyfloat(self.keys.stats, "fresh_sum_ms", sum(ages))
                 sample_key = self.keys.stats + ":fresh"
@@ -81,21 +105,25 @@ def reason_kind(reason: str) -> str:
     return kind if sep and _KIND.fullmatch(kind) else "other"
 
 
-async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
-    """Counters (the workers' and the feature shards' summed), DLQ reasons and freshness
-    percentiles, for the API and the demo summary."""
+async def read_counters(redis: aioredis.Redis, keys: Keys) -> dict[str, float]:
+    """The workers' counters and the feature shards' summed."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.stats)
-        pipe.lrange(keys.stats + ":fresh", 0, -1)
         for shard in range(SHARDS):
             pipe.hgetall(keys.in_shard(shard, "counts"))
-        raw, fresh, *shards = await pipe.execute()
-    samples = [float(s) for s in fresh]
+        hashes = await pipe.execute()
     counters: Counter[str] = Counter()
-    for hash_ in (raw, *shards):
+    for hash_ in hashes:
         counters.update({k.decode(): float(v) for k, v in hash_.items()})
+    return dict(counters)
+
+
+async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    """Counters (``read_counters``), DLQ reasons and freshness percentiles, for the API and the demo summary."""
+    counters = await read_counters(redis, keys)
+    samples = [float(s) for s in await redis.lrange(keys.stats + ":fresh", 0, -1)]
     return {
-        "counters": dict(counters),
+        "counters": counters,
         "freshness_ms": {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99),
                          "samples": len(samples)},
     }

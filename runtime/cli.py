@@ -6,6 +6,7 @@
     relevo serve           the HTTP API
     relevo replay DATASET  a dataset into Kafka
     relevo trainer         fine-tune the ranker from train.batches and publish versions
+    relevo topics create   create every topic (partitions and replication from the settings)
     relevo catalog load    load a catalog (or the Amazon multilingual sample)
     relevo suggest         query suggestions from the command line
     relevo dlq list        dead letters by reason, with samples
@@ -52,6 +53,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from relevo.serving.app import serve
 
     serve(_need_servers(settings, "serve"))
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the topics before anything else starts (a deployment's first step); existing ones stay."""
+    from relevo.streams.topics import all_topics, ensure_topics
+
+    asyncio.run(ensure_topics(_need_servers(settings, "topics create", redis=False)))
+    for name, partitions in all_topics(settings).items():
+        sys.stdout.write(f"{name}\tpartitions={partitions}\n")
     return 0
 
 
@@ -287,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="one stream worker").set_defaults(func=cmd_worker)
     sub.add_parser("serve", help="the HTTP API").set_defaults(func=cmd_serve)
     sub.add_parser("settings", help="environment variables and defaults").set_defaults(func=cmd_settings)
+    topics = sub.add_parser("topics", help="manage Relevo's topics").add_subparsers(dest="topics_command",
+                                                                                  required=True)
+    topics.add_parser("create", help="create every topic Relevo uses").set_defaults(func=cmd_topics_create)
 
     replay = sub.add_parser("replay", help="replay a dataset into Kafka in event-time order")
     replay.add_argument("dataset", choices=sorted(DATASETS), help="which dataset adapter to use")

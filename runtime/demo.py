@@ -23,7 +23,7 @@ import httpx
 from relevo.core.redis import connect
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.stats import read_stats
-from relevo.runtime.processes import Runtime, first_key
+from relevo.runtime.processes import Runtime, first_key, servers_dir, stack_file
 from relevo.streams.datasets import open_dataset
 from relevo.streams.lag import consumer_lag
 from relevo.streams.producer import EventProducer
@@ -58,6 +58,11 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
         shutil.rmtree(demo_models, ignore_errors=True)
         # ... and keeps every version: the live MRR reads each one's figures.
         settings = Settings(**{**settings.__dict__, "registry_dir": str(demo_models), "registry_keep": 0})
+    if settings.embedded_kafka and settings.embedded_redis:
+        # The embedded broker starts empty every time; the last demo's durable Redis would keep its
+        # features, claimed event ids and region snapshots (offsets in a log that is gone), and this
+        # run would skip its events as duplicates and learn nothing.
+        shutil.rmtree(servers_dir(settings), ignore_errors=True)
     load_catalog(settings)
     with Runtime(settings, workers=1, trainer=True) as runtime:
         log.info("stack up: API %s; waiting for the worker to join its group", runtime.api_url)
@@ -89,7 +94,8 @@ def run_demo(settings: Settings, limit: int | None = None, speed: float | None =
                     a for a in summary["alerts"] if a["region"] != inject_drift]
         sys.stdout.write(render(summary))
         if keep_running:
-            log.info("still running: API %s (docs at /docs). Ctrl-C stops everything.", runtime.api_url)
+            log.info("still running: the console at %s/dashboard, the API docs at /docs (this run's keys in %s). "
+                     "Ctrl-C stops everything.", runtime.api_url, stack_file(runtime.settings))
             runtime.wait_for_interrupt()
     return 0
 

@@ -69,6 +69,11 @@ def stack_file(settings: Settings) -> Path:
     return settings.data_dir / "stack.json"
 
 
+def servers_dir(settings: Settings) -> Path:
+    """Where the embedded broker and Redis keep their files (Redis's append-only file)."""
+    return settings.data_dir / "servers"
+
+
 def resolve(settings: Settings) -> Settings:
     """Fill in the servers of a running ``relevo up`` when none are configured."""
     if not (settings.embedded_kafka or settings.embedded_redis):
@@ -142,7 +147,7 @@ class Runtime(AbstractContextManager["Runtime"]):
     def _start(self) -> None:
         s = self.requested
         if s.embedded_kafka or s.embedded_redis:
-            self.stack = EmbeddedStack(s.data_dir / "servers", s.embedded_kafka, s.embedded_redis)
+            self.stack = EmbeddedStack(servers_dir(s), s.embedded_kafka, s.embedded_redis)
             self.stack.__enter__()
             s = s.with_servers(s.kafka_bootstrap_servers or self.stack.kafka_bootstrap,
                                s.redis_url or self.stack.redis_url)

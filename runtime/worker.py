@@ -24,6 +24,7 @@ from relevo.drift.regional import RegionalDrift
 from relevo.drift.sinks import AlertStore, MetricsSink, Sink, TopicSink, WebhookSink
 from relevo.features.writer import FeatureWriter
 from relevo.models.examples import ExamplesBuilder, record_emitter
+from relevo.search.analytics import SearchAnalytics
 from relevo.streams.app import create_app
 from relevo.streams.eventtime import SourceProgress
 from relevo.streams.processors import BatchProcessor
@@ -35,7 +36,7 @@ from relevo.suggestions.config import SuggestConfig
 from relevo.suggestions.processor import SuggestionUpdater
 
 BATCH_PROCESSORS = ("features", "suggestions")
-REGION_OPERATORS = ("drift", "examples")
+REGION_OPERATORS = ("drift", "examples", "analytics")
 
 
 def _check(settings: Settings) -> None:
@@ -85,6 +86,8 @@ def region_operators(settings: Settings, redis: aioredis.Redis, keys: Keys, outp
                 operators.append(ExamplesBuilder(to_trainer, wait_s=settings.examples_wait_s,
                                                  batch_size=settings.examples_batch_size,
                                                  batch_age_s=settings.examples_batch_age_s))
+            elif name == "analytics":  # a search's outcome waits as long as its training example does
+                operators.append(SearchAnalytics(partition, redis, keys, wait_s=settings.examples_wait_s))
         return operators
     return make
 

@@ -6,7 +6,8 @@ An item is a plain dict::
      "brand": "Acme", "price": 25.0 | {"GB": 25.0, "DE": 29.9} | None, "regions": ["GB", "DE"]}
 
 ``validate_item`` returns the cleaned item or raises ``InvalidItem`` whose message says
-what is wrong (the stream worker sends it to the DLQ as the reason).
+what is wrong (the stream worker sends it to the DLQ as the reason). A deletion travels
+on the same topic as a tombstone, ``{"item_id": ..., "deleted": true}``.
 
 >>> validate_item({"item_id": "a1", "titles": {"en": "Kettle"}, "category": "Kitchen",
 ...                "price": {"gb": 9.5}, "regions": ["gb"]})["price"]
@@ -15,6 +16,8 @@ what is wrong (the stream worker sends it to the DLQ as the reason).
 Traceback (most recent call last):
 ...
 relevo.search.catalog.InvalidItem: item 'a1': titles must map at least one locale to a title
+>>> deleted_id(tombstone("a1")), deleted_id({"item_id": "a1", "titles": {"en": "Kettle"}})
+('a1', None)
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ AMAZON_MARKETS = {"UK": ("GB", "en-GB"), "US": ("US", "en-US"), "DE": ("DE", "de
 
 class InvalidItem(ValueError):
     """A catalog item that breaks the contract; the message is the DLQ reason."""
+
+
+def tombstone(item_id: str) -> dict:
+    """The record that deletes ``item_id`` from every replica's catalog."""
+    return {"item_id": item_id, "deleted": True}
+
+
+def deleted_id(raw: Any) -> str | None:
+    """The item id ``raw`` deletes, when it is a tombstone."""
+    if isinstance(raw, dict) and raw.get("deleted") is True and set(raw) == {"item_id", "deleted"}:
+        item_id = raw["item_id"]
+        return item_id if isinstance(item_id, str) and 0 < len(item_id) <= MAX_ID_CHARS else None
+    return None
 
 
 def _check_price(value: float, where: str, fail) -> float:

@@ -13,6 +13,8 @@ dense part's cosine, BM25, shared codes), weighted for the query (see ``relevo.s
 [({'item_id': 'bad'}, "item 'bad': titles must map at least one locale to a title")]
 >>> [(hit.item_id, hit.locale) for hit in HybridRetriever(catalog).retrieve("acme", k=3)]
 [('k1', 'en')]
+>>> catalog.upsert([{"item_id": "k1", "deleted": True}]), len(catalog)
+([], 0)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from relevo.search.catalog import InvalidItem, validate_item
+from relevo.search.catalog import InvalidItem, deleted_id, validate_item
 from relevo.search.encoder import TextEncoder
 from relevo.search.fusion import Fusion, code_signals, code_tokens, query_conditions
 from relevo.search.index import VectorIndex
@@ -58,16 +60,24 @@ class CatalogIndexer:
         return len(self.items)
 
     def upsert(self, raw_items: Iterable[object]) -> list[tuple[object, str]]:
-        """Validate and index ``raw_items``; returns the rejected ones with their reasons."""
-        rejected, valid = [], {}
+        """Validate and index ``raw_items`` (tombstones delete); returns the rejected ones with their reasons.
+        The last record of an item in the batch wins."""
+        rejected, valid, deleted = [], {}, set()
         for raw in raw_items:
             try:
                 if isinstance(raw, InvalidItem):
                     raise raw
+                if (gone := deleted_id(raw)) is not None:
+                    valid.pop(gone, None)
+                    deleted.add(gone)
+                    continue
                 item = validate_item(raw)
                 valid[item["item_id"]] = item
+                deleted.discard(item["item_id"])
             except InvalidItem as exc:
                 rejected.append((raw, str(exc)))
+        if deleted:
+            self.remove(deleted)
         self._index(list(valid.values()))
         return rejected
 

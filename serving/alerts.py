@@ -15,11 +15,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from relevo.drift.metrics import METRICS
 from relevo.drift.sinks import AlertStore
 from relevo.serving.auth import READ
+from relevo.serving.schemas import ERRORS, AlertList
 
 router = APIRouter()
 
 
-@router.get("/v1/alerts", tags=["drift"], dependencies=[READ])
+@router.get("/v1/alerts", tags=["drift"], dependencies=[READ], response_model=AlertList, responses=ERRORS)
 async def list_alerts(
     request: Request,
     region: str | None = Query(None, max_length=16, description="region code, or * for global"),

@@ -1,23 +1,35 @@
-"""The HTTP API: one FastAPI app, its routers, and what they share (Redis, Kafka, settings)."""
+"""The HTTP API: one FastAPI app, its routers, and what they share (Redis, Kafka, settings).
+
+Swagger UI (``/docs``) and ReDoc (``/redoc``) are served from the files the installed
+``fastapi-offline`` package ships (Swagger UI, Apache-2.0; ReDoc, MIT), so they render on
+a machine without internet. Every request is counted and timed per route by
+``prometheus-fastapi-instrumentator`` into the app's own registry, which ``/metrics``
+exposes beside the workers' statistics.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
 
 from relevo import __version__
 from relevo.core.heap import tune_for_large_heaps
 from relevo.core.keys import Keys
 from relevo.core.redis import AnyRedis, connect, is_cluster
 from relevo.core.settings import Settings
+from relevo.core.stats import read_counters
 from relevo.core.supervision import Supervisor
 from relevo.drift.sinks import AlertStore
 from relevo.features.online import OnlineStore
@@ -30,7 +42,8 @@ from relevo.search.catalog_store import CatalogConsumer, build_search_service, c
 from relevo.search.fusion import FUSION_FILE
 from relevo.search.service import FeatureSource, Reranker, SearchService
 from relevo.search.taxonomy import TAXONOMY
-from relevo.serving import alerts, features, ingest, models, ops, search, suggest
+from relevo.serving import alerts, catalog, console, features, ingest, models, ops, search, suggest
+from relevo.serving.schemas import body_components
 from relevo.streams.events import Event
 from relevo.streams.follow import follow_catalog, follow_updates
 from relevo.streams.lag import consumer_lag
@@ -143,6 +156,45 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": "1"})
 
 
+# Request latency buckets, in seconds: fine below 100 ms, where search, suggest and features answer.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def instrument(app: FastAPI) -> CollectorRegistry:
+    """Count and time every request per route template (``/v1/features/users/{user_id}``), into a
+    registry of this app's own (tests run several apps in one process)."""
+    registry = CollectorRegistry()
+    Instrumentator(excluded_handlers=["/metrics"], registry=registry).add(
+        http_metrics.requests(registry=registry),
+        http_metrics.latency(buckets=LATENCY_BUCKETS, should_include_status=False, registry=registry),
+    ).instrument(app)
+    return registry
+
+
+def with_body_schemas(app: FastAPI) -> None:
+    """Add the schemas of the bodies that batch endpoints read themselves (events, catalog items)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(body_components())
+        return schema
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# The docs pages may load only from this server: ReDoc's footer logo would otherwise come from its CDN.
+# (Swagger UI starts from an inline script, and both style with inline styles.)
+DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; worker-src 'self' blob:")
+
+
+async def docs_policy(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    response = await call_next(request)
+    if request.url.path in ("/docs", "/redoc"):
+        response.headers["Content-Security-Policy"] = DOCS_POLICY
+    return response
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,6 +214,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.suggest = SuggestService(state.redis, state.keys, SuggestConfig.from_settings(settings),
                                        features=state.store)
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
+        state.console = console.History(lambda: read_counters(state.redis, state.keys), lambda: state.lag.latest,
+                                        state.http_metrics)
         await state.ingest.start()
         stop = asyncio.Event()
         # Each follower restarts after a failure (a broker restart, a bad record) while the API
@@ -172,6 +226,8 @@ def create_app(settings: Settings) -> FastAPI:
         followers.start("regions", lambda: follow_regions(settings, Snapshots(state.redis, state.keys, REGIONS),
                                                           state.contexts.make_state, stop))
         followers.start("catalog", lambda: open_search(app, settings, stop))
+        followers.start("console", state.console.run)
+        followers.start("dead letters", lambda: state.console.follow_dead_letters(settings, stop))
         try:
             yield
         finally:
@@ -180,10 +236,15 @@ def create_app(settings: Settings) -> FastAPI:
             await state.ingest.stop()
             await state.redis.aclose()
 
-    app = FastAPI(title="Relevo", version=__version__, lifespan=lifespan,
-                  description="Streaming personalization for e-commerce search.")
-    for module in (ops, ingest, features, search, suggest, alerts, models):
+    app = FastAPIOffline(title="Relevo", version=__version__, lifespan=lifespan,
+                         description="Streaming personalization for e-commerce search. The operator's console "
+                                     "is at [/dashboard](/dashboard).",
+                         swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
+    app.state.http_metrics = instrument(app)
+    app.middleware("http")(docs_policy)
+    for module in (ops, ingest, catalog, features, search, suggest, alerts, models, console):
         app.include_router(module.router)
+    with_body_schemas(app)
     for error in UNAVAILABLE:
         app.add_exception_handler(error, store_unavailable)
     return app

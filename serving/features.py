@@ -16,9 +16,11 @@ from pydantic import BaseModel, Field, StringConstraints
 from relevo.core.codes import MAX_REGION_CHARS, canonical_region
 from relevo.features.online import AsOfBeforeClock
 from relevo.serving.auth import READ
+from relevo.serving.schemas import ERRORS, FeatureBatch, ItemFeatures, RegionFeatures, UserFeatures
 from relevo.streams.events import MAX_FUTURE_MS, MAX_ID_LEN, MIN_TS_MS
 
-router = APIRouter(prefix="/v1/features", tags=["features"], dependencies=[READ])
+router = APIRouter(prefix="/v1/features", tags=["features"], dependencies=[READ],
+                   responses={**ERRORS, 404: ERRORS[503] | {"description": "no features for this id"}})
 MAX_BATCH = 500
 
 EntityId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)]
@@ -47,18 +49,18 @@ async def _one(request: Request, kind: str, entity_id: str, as_of: int | None) -
     return found
 
 
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id}", response_model=UserFeatures)
 async def user_features(request: Request, user_id: EntityId, as_of: AsOf = None) -> dict[str, Any]:
     return await _one(request, "user", user_id, as_of)
 
 
-@router.get("/regions/{region}")
+@router.get("/regions/{region}", response_model=RegionFeatures)
 async def region_features(request: Request, region: Annotated[str, Path(max_length=MAX_REGION_CHARS)],
                           as_of: AsOf = None) -> dict[str, Any]:
     return await _one(request, "region", _region(region), as_of)
 
 
-@router.get("/items/{item_id}")
+@router.get("/items/{item_id}", response_model=ItemFeatures)
 async def item_features(request: Request, item_id: EntityId) -> dict[str, Any]:
     return await _one(request, "item", item_id, None)
 
@@ -70,7 +72,7 @@ class BatchQuery(BaseModel):
     items: list[BatchId] = Field(default_factory=list, max_length=MAX_BATCH)
 
 
-@router.post("/batch")
+@router.post("/batch", response_model=FeatureBatch)
 async def batch_features(request: Request, query: BatchQuery) -> dict[str, dict[str, Any]]:
     """Features of many entities at once (up to 500 of each); unknown ones map to ``null``."""
     store = request.app.state.store

@@ -19,6 +19,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request
 
 from relevo.serving.auth import INGEST
+from relevo.serving.schemas import ERRORS, IngestAnswer, batch_body
 from relevo.streams.events import InvalidEvent, encoded, validate
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -78,8 +79,11 @@ def _raw(index: int, item: Any) -> bytes:
     return raw
 
 
-@router.post("/events", dependencies=[INGEST])
+@router.post("/events", dependencies=[INGEST], response_model=IngestAnswer,
+             openapi_extra=batch_body("Event", "events"),
+             responses={**ERRORS, 413: ERRORS[503] | {"description": "the batch is too large"}})
 async def ingest_events(request: Request) -> dict[str, Any]:
+    """A batch of events (a JSON array, one object, or NDJSON); each is accepted or rejected with its reason."""
     settings = request.app.state.settings
     items = parse_batch(await read_body(request, settings.max_batch_bytes))
     if not isinstance(items, list):

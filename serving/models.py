@@ -14,8 +14,9 @@ from fastapi import APIRouter, HTTPException, Request
 from relevo.models.live import LiveModel
 from relevo.models.registry import CorruptModel, IncompatibleModel
 from relevo.serving.auth import ADMIN, READ
+from relevo.serving.schemas import ERRORS, ModelList
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
 
 def _live(request: Request) -> LiveModel:
@@ -29,7 +30,7 @@ def _summary(live: LiveModel) -> dict[str, Any]:
             "versions": [v.to_dict() for v in reversed(registry.versions())]}
 
 
-@router.get("", dependencies=[READ])
+@router.get("", dependencies=[READ], response_model=ModelList)
 def list_models(request: Request) -> dict[str, Any]:
     """Every published version (newest first) with its window and figures, and which one serves."""
     return _summary(_live(request))
@@ -51,13 +52,13 @@ def _change(request: Request, version: int, action: str) -> dict[str, Any]:
     return _summary(live)
 
 
-@router.post("/{version}/promote", dependencies=[ADMIN])
+@router.post("/{version}/promote", dependencies=[ADMIN], response_model=ModelList)
 def promote(version: int, request: Request) -> dict[str, Any]:
     """Serve ``version``; the version serving now becomes the rollback target."""
     return _change(request, version, "promote")
 
 
-@router.post("/{version}/rollback", dependencies=[ADMIN])
+@router.post("/{version}/rollback", dependencies=[ADMIN], response_model=ModelList)
 def rollback(version: int, request: Request) -> dict[str, Any]:
     """Stop serving ``version`` (it must be serving) and serve the one before it again."""
     return _change(request, version, "rollback")

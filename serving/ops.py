@@ -1,4 +1,10 @@
-"""Operations endpoints: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``."""
+"""Operations endpoints: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``.
+
+``/metrics`` shows the workers' statistics from Redis (the sum over every worker, so every
+API replica reports the same totals: aggregate replicas with ``max``, not ``sum``), drift
+alerts raised and open per region and metric, the model version this replica serves, and
+this replica's HTTP requests and their latency per route.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from relevo.core.stats import FRESHNESS_BUCKETS_MS, read_stats
+from relevo.serving.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
@@ -34,7 +41,7 @@ async def _probe(check: Awaitable[object], timeout_s: float) -> str:
         return f"unavailable: {type(exc).__name__}: {exc}"[:300]
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request, response: Response) -> dict[str, Any]:
     """Ready when Redis and the broker answer within ``RELEVO_READY_TIMEOUT_S`` and every follower
     task runs; ``info`` adds what degrades answers without making the API unready (no model yet:
@@ -62,19 +69,24 @@ async def _done(value: str) -> str:
 
 
 class StatsCollector(Collector):
-    """Exposes the worker statistics (kept in Redis) as Prometheus metrics."""
+    """Exposes the worker statistics (kept in Redis), drift alerts and the serving model as Prometheus metrics."""
 
-    def __init__(self, stats: dict[str, Any], lag: dict[str, int], alerts: list[Any]) -> None:
-        self.counters, self.lag, self.alerts = stats["counters"], lag, alerts
+    def __init__(self, stats: dict[str, Any], lag: dict[str, int], alerts: list[Any], model: int | None) -> None:
+        self.counters, self.lag, self.alerts, self.model = stats["counters"], lag, alerts, model
 
     def collect(self):  # type: ignore[no-untyped-def]
         consumed = CounterMetricFamily("relevo_events_consumed", "valid events consumed", labels=["topic"])
         records = CounterMetricFamily("relevo_records_consumed", "Kafka records consumed", labels=["topic"])
         dlq = CounterMetricFamily("relevo_dlq_events", "events sent to the dead-letter topic",
                                   labels=["reason"])
+        seconds = CounterMetricFamily("relevo_processor_seconds", "time each batch processor of the workers "
+                                      "spent, retries included", labels=["processor"])
+        batches = CounterMetricFamily("relevo_processor_batches", "batches each processor of the workers took",
+                                      labels=["processor"])
         for field, value in self.counters.items():
             kind, _, label = field.partition(":")
-            family = {"events": consumed, "records": records, "dlq": dlq}.get(kind)
+            family = {"events": consumed, "records": records, "dlq": dlq, "seconds": seconds,
+                      "batches": batches}.get(kind)
             if family is not None:
                 family.add_metric([label], value)
         applied = CounterMetricFamily("relevo_feature_events_applied", "events applied to features")
@@ -90,7 +102,15 @@ class StatsCollector(Collector):
             (a.region, a.metric, a.severity) for a in self.alerts if not a.resolved)
         for labels, n in open_alerts.items():
             drift.add_metric(list(labels), n)
-        yield from (consumed, records, dlq, applied, duplicates, lag, drift, self._freshness())
+        raised = CounterMetricFamily("relevo_drift_alerts_raised", "drift alerts raised (of the newest "
+                                     f"{ALERTS_COUNTED} kept)", labels=["region", "metric"])
+        for labels, n in Counter((a.region, a.metric) for a in self.alerts).items():
+            raised.add_metric(list(labels), n)
+        model = GaugeMetricFamily("relevo_model_serving_version", "the model version this replica serves "
+                                  "(0: none yet, first-stage ranking only)")
+        model.add_metric([], self.model or 0)
+        yield from (consumed, records, dlq, seconds, batches, applied, duplicates, lag, drift, raised, model,
+                    self._freshness())
 
     def _freshness(self) -> HistogramMetricFamily:
         cumulative, buckets = 0.0, []
@@ -105,10 +125,17 @@ class StatsCollector(Collector):
         return family
 
 
-@router.get("/metrics")
+ALERTS_COUNTED = 10_000  # what the alert store keeps
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}},
+                                                               "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics (no key)."""
     state = request.app.state
     registry = CollectorRegistry()
-    alerts = await state.alerts.query(active_only=True, limit=1000)
-    registry.register(StatsCollector(await read_stats(state.redis, state.keys), state.lag.latest, alerts))
-    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    alerts = await state.alerts.query(limit=ALERTS_COUNTED)
+    registry.register(StatsCollector(await read_stats(state.redis, state.keys), state.lag.latest, alerts,
+                                     state.models.version))
+    body = generate_latest(registry) + generate_latest(state.http_metrics)
+    return Response(body, media_type="text/plain; version=0.0.4")

@@ -10,9 +10,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from relevo.core.codes import canonical_locale, canonical_region
 from relevo.serving.auth import SEARCH, Scopes, require_personal
+from relevo.serving.schemas import ERRORS, SearchAnswer, Understanding
 from relevo.streams.events import MAX_ID_LEN
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=ERRORS)
 
 MAX_QUERY_CHARS = 500
 
@@ -40,7 +41,7 @@ def _check(query: str, region: str | None, locale: str | None) -> tuple[str, str
     return query, region, locale
 
 
-@router.get("/v1/search")
+@router.get("/v1/search", response_model=SearchAnswer)
 async def search(request: Request,
                  q: str = Query(..., max_length=MAX_QUERY_CHARS, description="query text, any language"),
                  user_id: str | None = Query(None, max_length=MAX_ID_LEN),
@@ -58,7 +59,7 @@ async def search(request: Request,
                                           session_id=session_id)
 
 
-@router.get("/v1/query/understand", dependencies=[SEARCH])
+@router.get("/v1/query/understand", dependencies=[SEARCH], response_model=Understanding)
 async def understand(request: Request, q: str = Query(..., max_length=MAX_QUERY_CHARS),
                      locale: str | None = Query(None)) -> dict:
     """Language, intent categories and entities of ``q``."""

@@ -15,11 +15,12 @@ from pydantic import BaseModel, Field, field_validator
 
 from relevo.core.codes import MAX_LOCALE_CHARS, MAX_REGION_CHARS, canonical_locale, canonical_region
 from relevo.serving.auth import SEARCH, Scopes, require_personal
+from relevo.serving.schemas import ERRORS, SuggestAnswer
 from relevo.streams.events import MAX_ID_LEN
 from relevo.suggestions.ranking import Suggestion
 from relevo.suggestions.service import MAX_K, SuggestService
 
-router = APIRouter(prefix="/v1", tags=["suggest"])
+router = APIRouter(prefix="/v1", tags=["suggest"], responses=ERRORS)
 
 
 def _explain(s: Suggestion) -> dict[str, dict[str, float]]:
@@ -52,7 +53,7 @@ class SuggestQuery(BaseModel):
         return None if value is None else canonical_locale(value)
 
 
-@router.get("/suggest")
+@router.get("/suggest", response_model=SuggestAnswer)  # documents the orjson body below
 async def suggest(request: Request, q: Annotated[SuggestQuery, Query()], granted: Scopes = SEARCH) -> Response:
     """Completions of ``prefix`` ranked for the user, region and locale, best first (``user_id``
     needs a read key: it brings in the user's own queries)."""

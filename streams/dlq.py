@@ -2,8 +2,9 @@
 
 Every record on ``events.dlq`` holds the original bytes and a ``reason`` header (and
 ``topic``: where it came from, ``api`` for rejects at the HTTP edge). ``summarise``
-groups them by reason with samples; ``redrive`` validates the selected ones again
-with today's contract and sends what passes to the event topics. Re-driving is
+groups them by reason with samples (``relevo.streams.follow.follow_dead_letters`` feeds
+the console's); ``redrive`` validates the selected ones again with today's contract and
+sends what passes to the event topics. Re-driving is
 idempotent: the feature writer de-duplicates event ids (within
 ``RELEVO_DEDUPE_WINDOW_S``), so an event that was already applied changes nothing.
 Letters from ``train.batches`` or ``catalog.items`` are listed but never re-driven.

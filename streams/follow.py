@@ -3,22 +3,26 @@
 None uses a consumer group: every serving replica needs every message. Each is
 told what to do with what it reads, so the stream side knows nothing of models or
 search: ``follow_updates`` calls ``refresh`` when ``model.updates`` announces a
-version; ``follow_catalog`` passes ``catalog.items`` to an ``ItemsConsumer``. (The
-region stream has its own follower, ``relevo.streams.regions.follow_regions``.)
+version; ``follow_catalog`` passes ``catalog.items`` to an ``ItemsConsumer``;
+``follow_dead_letters`` hands every dead letter to the console. (The region stream has
+its own follower, ``relevo.streams.regions.follow_regions``.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from relevo.core.settings import Settings
-from relevo.streams.topics import CATALOG, MODEL_UPDATES
+from relevo.streams.dlq import DeadLetter
+from relevo.streams.topics import CATALOG, DLQ, MODEL_UPDATES
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,9 @@ async def follow_catalog(consumer_of_items: ItemsConsumer, settings: Settings,
                          stop: asyncio.Event | None = None) -> None:
     """Upsert every item announced on ``catalog.items`` into this replica's index; rejects go to the DLQ."""
     stop = stop or asyncio.Event()
-    consumer = AIOKafkaConsumer(settings.topic(CATALOG), bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        while not stop.is_set():
-            for records in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
+    async with aclosing(_from_start(settings, CATALOG, stop)) as batches:
+        try:
+            async for records in batches:
                 items: list[object] = []
                 for record in records:
                     try:
@@ -73,7 +74,28 @@ async def follow_catalog(consumer_of_items: ItemsConsumer, settings: Settings,
                 rejected = await consumer_of_items.process(items)
                 for raw, reason in rejected:
                     await dead_letter(orjson.dumps(raw), f"catalog item: {reason}")
+        finally:
+            await consumer_of_items.close()
+
+
+async def follow_dead_letters(settings: Settings, add: Callable[[DeadLetter], None],
+                              stop: asyncio.Event | None = None) -> None:
+    """Call ``add`` with every dead letter, from the start of the topic on, until ``stop``."""
+    async with aclosing(_from_start(settings, DLQ, stop or asyncio.Event())) as batches:
+        async for records in batches:
+            for record in records:
+                add(DeadLetter.of(record))
+
+
+async def _from_start(settings: Settings, topic: str, stop: asyncio.Event) -> AsyncIterator[list[ConsumerRecord]]:
+    """``topic``'s records in batches, from its start on (no group: every replica reads all), until ``stop``."""
+    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            for records in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
+                yield records
     finally:
         await consumer.stop()
-        await consumer_of_items.close()
 

@@ -13,6 +13,7 @@ retried until it lands: acknowledging it would lose events.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -63,8 +64,11 @@ class EventPipeline:
             for reject in rejects:
                 await self._dead_letter(reject, record)
                 reasons.append(reject.reason)
+        seconds: dict[str, float] = {}  # each processor's time on this batch, retries included
         for processor in self.processors:
+            started = time.perf_counter()
             await self._run(processor, events)
+            seconds[processor.name] = time.perf_counter() - started
         if self.progress is not None:  # only now: what the sources report must already be forwarded
             for record in records:
                 self.progress.record(source_of(record.topic, record.partition), record.offset)
@@ -72,7 +76,7 @@ class EventPipeline:
                 self.progress.event(event[SOURCE], event["ts"])
         # Lists, not generators: a retried call must see the same inputs again.
         topics, produced = [r.topic for r in records], [r.timestamp_ms for r in records]
-        await self._retrying(lambda: self.stats.record(topics, per_topic, reasons, produced))
+        await self._retrying(lambda: self.stats.record(topics, per_topic, reasons, produced, seconds))
         return events
 
     async def _dead_letter(self, reject: Reject, record: Record) -> None:

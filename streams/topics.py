@@ -20,6 +20,9 @@ DRIFT_ALERTS = "drift.alerts"
 BY_REGION = "events.by_region"  # every valid event again, keyed by region (relevo.streams.regions)
 DRIFT_GLOBAL = "drift.global"  # the region partitions' minute buckets, combined by one global stage
 SINGLE_PARTITION = (DRIFT_GLOBAL,)
+# catalog.items is keyed by item id and compacted: each item's latest record (or tombstone) is kept
+# however old, so an API replica that starts later still reads the whole catalog.
+CONFIGS = {CATALOG: {"cleanup.policy": "compact"}}
 
 
 def event_topic(event_type: str, prefix: str = "") -> str:
@@ -41,13 +44,15 @@ def all_topics(settings: Settings) -> dict[str, int]:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create every topic Relevo uses (event topics with ``settings.partitions`` partitions)."""
+    """Create every topic Relevo uses (event topics with ``settings.partitions`` partitions), each
+    with ``settings.replication_factor`` replicas."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(name, partitions, 1) for name, partitions in all_topics(settings).items()
-                  if name not in existing]
+        configs = {settings.topic(name): config for name, config in CONFIGS.items()}
+        wanted = [NewTopic(name, partitions, settings.replication_factor, topic_configs=configs.get(name, {}))
+                  for name, partitions in all_topics(settings).items() if name not in existing]
         if wanted:
             try:
                 await admin.create_topics(wanted)

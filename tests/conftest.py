@@ -10,6 +10,7 @@ import redis
 
 from relevo.core.settings import SHARED_DATA
 from relevo.runtime.stack import kafka_server, redis_server
+from tests.systools import debian_package
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,15 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
     with local_cluster(tmp_path_factory.mktemp("cluster")) as url:
         yield url
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed when missing (the console and docs tests drive it headless)."""
+    path = debian_package(CHROMIUM, "chromium")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed and `apt-get install -y chromium` failed here")
+    return path
