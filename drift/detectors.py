@@ -98,7 +98,22 @@ def log_ratio(value: float, reference: float, floor: float = 1.0) -> float:
     return math.log((max(value, 0.0) + floor) / (max(reference, 0.0) + floor))
 
 
-class RiverDetector:
+class _Reporting:
+    """What every detector here reports alike: whether the latest update accepted a change, and its size."""
+
+    _detected: bool = False
+    _statistic: float = 0.0
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def statistic(self) -> float:
+        return self._statistic
+
+
+class RiverDetector(_Reporting):
     """A river drift detector, gated by a minimum relative change of the mean.
 
     ``make(**params)`` builds the river detector. ``threshold`` is the smallest
@@ -157,14 +172,6 @@ class RiverDetector:
         self._mean, self._n = self.current, len(self._recent)
 
     @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
-    def statistic(self) -> float:
-        return self._statistic
-
-    @property
     def baseline(self) -> float:
         return self._mean if self._normal is None else self._normal
 
@@ -208,7 +215,7 @@ def _shares(counts: Counter[str], top: int = 5) -> dict[str, float]:
     return {str(k): round(v / total, 4) for k, v in counts.most_common(top)}
 
 
-class MixDetector:
+class MixDetector(_Reporting):
     """PSI between a fixed reference window and a sliding current window of categories.
 
     The reference is the first ``reference`` observations; it is kept through an
@@ -254,14 +261,6 @@ class MixDetector:
             self._alerting = False
 
     @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
-    def statistic(self) -> float:
-        return self._statistic
-
-    @property
     def baseline(self) -> dict[str, float]:
         return _shares(self._reference)
 
@@ -278,7 +277,7 @@ class MixDetector:
         return len(self._recent)
 
 
-class EnvelopeDetector:
+class EnvelopeDetector(_Reporting):
     """Counts per bucket against the range of the last day's hours: for signals with a daily cycle.
 
     The mean of the last ``window`` buckets is compared with the lowest and the highest
@@ -329,14 +328,6 @@ class EnvelopeDetector:
             self._detected, self._statistic, self._normal = True, change, bound
         elif self._normal is not None and abs(change) < self.threshold / 2:
             self._normal = None
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
-    def statistic(self) -> float:
-        return self._statistic
 
     @property
     def baseline(self) -> float:
