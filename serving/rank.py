@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -49,6 +49,8 @@ class RankRequest(BaseModel):
     region: str = Field(min_length=2, max_length=3, description="market, e.g. DE")
     locale: str | None = Field(None, max_length=35, description="BCP 47, e.g. de-AT")
     query: str = Field("", max_length=512, description="the query the list answers, if any")
+    device: str = Field("", max_length=32, description="e.g. mobile")
+    filters: dict[str, Any] | None = Field(None, description="filters the shopper applied (at most 64)")
     candidates: list[Candidate] = Field(min_length=1, max_length=MAX_RESULTS)
     ts: int | None = Field(None, description="rank as of this time, epoch ms (default: now)")
     after_ts: int | None = Field(None, description="wait (up to 5 s) until the session's events up to this "
@@ -109,7 +111,7 @@ async def rank_candidates(body: RankRequest, request: Request) -> RankResponse:
     shown = served.served_event(search_id, ts=body.ts or served.now_ms(), user_id=body.user_id,
                                 session_id=session_id, region=body.region, locale=body.locale, query=body.query,
                                 items=[c.item_id for c in candidates], prices=[c.price for c in candidates],
-                                model_version=None)
+                                model_version=None, device=body.device, filters=body.filters)
     context, caught_up = await _context(request, shown["region"], session_id, body.after_ts)
     ranked = rank(request.app.state.models, context, shown, body.explain)
     if ranked.version is not None:

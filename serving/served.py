@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import HTTPException, Request
 
@@ -34,11 +35,11 @@ def now_ms() -> int:
 
 def served_event(search_id: str, *, ts: int, user_id: str, session_id: str, region: str, locale: str | None,
                  query: str, items: Sequence[str], prices: Sequence[float | None],
-                 model_version: int | None) -> Event:
+                 model_version: int | None, device: str = "", filters: dict[str, Any] | None = None) -> Event:
     """The search event of a served list, checked by the event contract (422 with its reason)."""
     raw = {"type": "search", "event_id": search_id, "search_id": search_id, "ts": ts, "user_id": user_id,
            "session_id": session_id, "region": region, "locale": locale, "query": query,
-           "results": list(items), "model_version": model_version}
+           "results": list(items), "model_version": model_version, "device": device, "filters": filters}
     if prices and all(price is not None for price in prices):
         raw["prices"] = list(prices)
     try:
