@@ -25,6 +25,7 @@ from relevo.features.context import ContextState
 from relevo.models.ranking import rank
 from relevo.serving import served
 from relevo.serving.auth import SEARCH
+from relevo.serving.schemas import ERRORS
 from relevo.streams.events import MAX_ID_LEN, MAX_RESULTS
 
 router = APIRouter(prefix="/v1", tags=["rank"])
@@ -100,7 +101,7 @@ async def _context(request: Request, region: str, session_id: str, after_ts: int
         await asyncio.sleep(0.02)
 
 
-@router.post("/rank", dependencies=[SEARCH])
+@router.post("/rank", dependencies=[SEARCH], responses=ERRORS)
 async def rank_candidates(body: RankRequest, request: Request) -> RankResponse:
     """The candidates best first for this user, session and region, with explanations."""
     started = time.perf_counter()
