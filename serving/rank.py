@@ -53,7 +53,7 @@ class RankRequest(BaseModel):
     device: str = Field("", max_length=32, description="e.g. mobile")
     filters: dict[str, Any] | None = Field(None, description="filters the shopper applied (at most 64)")
     candidates: list[Candidate] = Field(min_length=1, max_length=MAX_RESULTS)
-    ts: int | None = Field(None, description="rank as of this time, epoch ms (default: now)")
+    ts: int | None = Field(None, description="rank as of this time, epoch ms (default: the stream clock)")
     after_ts: int | None = Field(None, description="wait (up to 5 s) until the session's events up to this "
                                                    "time have reached the ranking context: read your writes")
     record: bool = Field(True, description="record the served list as a search event under search_id")
@@ -109,7 +109,7 @@ async def rank_candidates(body: RankRequest, request: Request) -> RankResponse:
                   else body.candidates)
     session_id = body.session_id or body.user_id
     search_id = served.new_search_id()
-    shown = served.served_event(search_id, ts=body.ts or served.now_ms(), user_id=body.user_id,
+    shown = served.served_event(search_id, ts=body.ts or await served.stream_time(request), user_id=body.user_id,
                                 session_id=session_id, region=body.region, locale=body.locale, query=body.query,
                                 items=[c.item_id for c in candidates], prices=[c.price for c in candidates],
                                 model_version=None, device=body.device, filters=body.filters)

@@ -71,8 +71,8 @@ async def _record(request: Request, answer: dict, session_id: str | None) -> str
     search_id = served.new_search_id()
     versions = {r.get("explanation", {}).get("learned", {}).get("model_version") for r in results}
     await served.record(request, served.served_event(
-        search_id, ts=served.now_ms(), user_id=answer["user_id"] or search_id, session_id=session_id or search_id,
-        region=answer["region"], locale=answer["locale"], query=answer["query"],
+        search_id, ts=await served.stream_time(request), user_id=answer["user_id"] or search_id,
+        session_id=session_id or search_id, region=answer["region"], locale=answer["locale"], query=answer["query"],
         items=[r["item_id"] for r in results], prices=[r.get("price") for r in results],
         model_version=max((v for v in versions if v), default=None)))
     return search_id

@@ -2,7 +2,8 @@
 
 Each answer carries a ``search_id`` and the list it served goes to ``events.search``
 (results in the order served, prices when every one is known, region, locale and the
-model version that ordered it) through the API's producer, before the answer returns.
+model version that ordered it) through the API's producer, before the answer returns,
+stamped with the stream clock (``stream_time``) so a replayed stream never sees a list from the future.
 A click or purchase that carries the ``search_id`` joins that list in the examples
 builder, so it becomes a labelled example without the shop re-sending anything (the
 round trip of Algolia's ``queryID``, inside the stream).
@@ -29,8 +30,11 @@ def new_search_id() -> str:
     return uuid.uuid4().hex
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+async def stream_time(request: Request) -> int:
+    """When a list is served: the stream clock, the event time the features are read as of (a replay of
+    2018 stays in 2018; live, it is about now), else the wall clock when no worker has set one."""
+    store = getattr(request.app.state, "store", None)  # an app serving search alone has no online store
+    return (await store.clock() if store is not None else 0) or int(time.time() * 1000)
 
 
 def served_event(search_id: str, *, ts: int, user_id: str, session_id: str, region: str, locale: str | None,
