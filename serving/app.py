@@ -42,7 +42,7 @@ from relevo.search.catalog_store import CatalogConsumer, build_search_service, c
 from relevo.search.fusion import FUSION_FILE
 from relevo.search.service import FeatureSource, Reranker, SearchService
 from relevo.search.taxonomy import TAXONOMY
-from relevo.serving import alerts, catalog, console, features, ingest, models, ops, search, suggest
+from relevo.serving import alerts, catalog, console, features, ingest, models, ops, rank, search, suggest
 from relevo.serving.schemas import body_components
 from relevo.streams.events import Event
 from relevo.streams.follow import follow_catalog, follow_updates
@@ -242,7 +242,7 @@ def create_app(settings: Settings) -> FastAPI:
                          swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
     app.state.http_metrics = instrument(app)
     app.middleware("http")(docs_policy)
-    for module in (ops, ingest, catalog, features, search, suggest, alerts, models, console):
+    for module in (ops, ingest, catalog, features, search, rank, suggest, alerts, models, console):
         app.include_router(module.router)
     with_body_schemas(app)
     for error in UNAVAILABLE:

@@ -48,6 +48,7 @@ class SearchEvent(EventBase):
     results: list[Id] | None = Field(None, max_length=MAX_RESULTS, description="item ids shown, in order")
     prices: list[float] | None = Field(None, max_length=MAX_RESULTS, description="one price per result")
     filters: dict[str, Any] | None = Field(None, description="at most 64 filters")
+    model_version: int | None = Field(None, ge=1, description="the model that ordered a list the API served")
 
 
 class ClickEvent(EventBase):
@@ -222,6 +223,8 @@ class SearchAnswer(BaseModel):
     results: list[SearchResult]
     retrieval: Retrieval
     took_ms: float
+    search_id: str | None = Field(None, description="send it with clicks and purchases on these results: the list "
+                                                    "served is recorded under it (null without a region)")
 
 
 class SuggestionOut(BaseModel):

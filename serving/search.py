@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from relevo.core.codes import canonical_locale, canonical_region
+from relevo.serving import served
 from relevo.serving.auth import SEARCH, Scopes, require_personal
 from relevo.serving.schemas import ERRORS, SearchAnswer, Understanding
 from relevo.streams.events import MAX_ID_LEN
@@ -55,8 +56,26 @@ async def search(request: Request,
     """Items for ``q`` ranked for the user and region, with explanations."""
     require_personal(granted, user_id=user_id, session_id=session_id)
     query, region, locale = _check(q, region, locale)
-    return await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k,
-                                          session_id=session_id)
+    answer = await _service(request).search(query, user_id=user_id, region=region, locale=locale, k=k,
+                                            session_id=session_id)
+    answer["search_id"] = await _record(request, answer, session_id or user_id)
+    return answer
+
+
+async def _record(request: Request, answer: dict, session_id: str | None) -> str | None:
+    """Record the served list (``relevo.serving.served``); its search id, or None without a region
+    or results (an anonymous shopper is a session of one search)."""
+    results = answer["results"]
+    if not answer["region"] or not results:
+        return None
+    search_id = served.new_search_id()
+    versions = {r.get("explanation", {}).get("learned", {}).get("model_version") for r in results}
+    await served.record(request, served.served_event(
+        search_id, ts=await served.stream_time(request), user_id=answer["user_id"] or search_id,
+        session_id=session_id or search_id, region=answer["region"], locale=answer["locale"], query=answer["query"],
+        items=[r["item_id"] for r in results], prices=[r.get("price") for r in results],
+        model_version=max((v for v in versions if v), default=None)))
+    return search_id
 
 
 @router.get("/v1/query/understand", dependencies=[SEARCH], response_model=Understanding)

@@ -165,6 +165,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "results": Field(_results, required=False, default=()),
         "prices": Field(_prices, required=False),  # the price shown beside each result, aligned
         "filters": Field(_filters, required=False, default=None),
+        "model_version": Field(_count(1, 2**31 - 1), required=False),  # the model that ordered a served list
     },
     "click": {
         "item_id": Field(_id),

@@ -1,30 +1,37 @@
-"""The HTTP API in-process, against the real broker and Redis: ingest, features, operations."""
+"""The HTTP API in-process, against the real broker and Redis and a worker: ingest, features,
+operations, ranking, and a click on a served list coming back as a labelled example."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from relevo.core.settings import Settings
+from relevo.features.context import FEATURES
+from relevo.models.ranker import Ranker, RankerConfig
 from relevo.serving.app import create_app
-from tests.streamkit import T0
+from tests.streamkit import T0, running
+from tests.test_worker import read_examples
 
 KEY = {"X-API-Key": "ingest-secret"}
 READ = {"X-API-Key": "read-secret"}
+SEARCH = {"X-API-Key": "public-key"}
 SECRETS = {"ingest_keys": "ingest-secret", "read_keys": "read-secret", "search_keys": "public-key",
            "admin_keys": "admin-secret"}
 
 
 @pytest.fixture(scope="module")
 def api(kafka_bootstrap, redis_url, tmp_path_factory):
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url, key_prefix="api",
-                        topic_prefix="api.", data_dir=tmp_path_factory.mktemp("api"), max_batch_events=50,
-                        **SECRETS)
-    with TestClient(create_app(settings)) as client:
-        yield client
+    with running(tmp_path_factory.mktemp("api"), kafka_bootstrap, redis_url, "api", "api", processors="examples",
+                 examples_wait_s=5.0, examples_batch_age_s=0.3, idle_s=1.0) as worker:
+        worker.wait_workers_ready()
+        settings = replace(worker.settings, max_batch_events=50, rerank_depth=0, **SECRETS)
+        with TestClient(create_app(settings)) as client:
+            yield client
 
 
 def click(i: int, **extra: object) -> dict:
@@ -91,3 +98,60 @@ def test_python_client_round_trip(api) -> None:
     with pytest.raises(RelevoError, match="403"):
         client.send_events([click(10)])
     del api.headers["X-API-Key"]
+
+
+def rank(api: TestClient, items: list[str], **extra: object):
+    body = {"user_id": "shopper", "session_id": "rs1", "region": "fr",
+            "candidates": [{"item_id": i, "price": 10.0 + n} for n, i in enumerate(items)], **extra}
+    return api.post("/v1/rank", json=body, headers=SEARCH)
+
+
+def test_rank_refuses_bad_requests_with_reasons(api) -> None:
+    assert api.post("/v1/rank", json={}).status_code == 401
+    duplicate = rank(api, ["a", "a"])
+    assert duplicate.status_code == 422 and "once" in duplicate.text
+    assert rank(api, [f"i{n}" for n in range(501)]).status_code == 422
+    assert rank(api, ["a"], region="France").status_code == 422
+    partly = api.post("/v1/rank", headers=SEARCH, json={"user_id": "u", "region": "FR", "candidates": [
+        {"item_id": "a", "position": 0}, {"item_id": "b"}]})
+    assert partly.status_code == 422 and "position" in partly.text
+    too_old = rank(api, ["a", "b"], ts=1_000)
+    assert too_old.status_code == 422 and "2000-01-01" in too_old.text
+    schema = api.get("/openapi.json").json()["components"]["schemas"]
+    assert {"RankRequest", "RankResponse", "RankedItem"} <= schema.keys()
+
+
+def shopper(n: int, item: str, **extra: object) -> dict:
+    return {"type": "click", "event_id": f"rk{n}", "ts": T0 + n * 1000, "user_id": "shopper", "session_id": "rs1",
+            "region": "FR", "item_id": item, "kind": "view", **extra}
+
+
+def test_a_click_on_a_ranked_list_becomes_a_labelled_example(api) -> None:
+    untouched = rank(api, ["a", "b", "c"], ts=T0, record=False).json()
+    assert untouched["fallback"] == "given_order" and untouched["search_id"] is None
+    assert [i["item_id"] for i in untouched["items"]] == ["a", "b", "c"]
+    assert api.post("/v1/events", json=[shopper(1, "c")], headers=KEY).json()["accepted"] == 1
+    # read your writes: the ranking waits until the session's click has reached the region context
+    ranked = rank(api, ["a", "b", "c"], ts=T0 + 2000, after_ts=T0 + 1000).json()
+    assert ranked["caught_up"] and ranked["fallback"] == "session_rule" and ranked["model_version"] is None
+    assert [i["item_id"] for i in ranked["items"]] == ["c", "a", "b"]
+    assert ranked["items"][0]["position"] == 2 and ranked["items"][0]["explanation"]["session_rule"] > 0
+    search_id = ranked["search_id"]
+    cart = shopper(3, "a", kind="cart", search_id=search_id)
+    later = {**shopper(60, "z"), "session_id": "other", "user_id": "u2"}  # moves the stream past the search
+    assert api.post("/v1/events", json=[cart, later], headers=KEY).json()["accepted"] == 2
+    examples = asyncio.run(read_examples(api.app.state.settings, {search_id}, timeout_s=60))
+    example = examples[search_id]
+    assert example["items"] == ["c", "a", "b"] and example["labels"] == [0, 3, 0]  # the order served
+    assert example["region"] == "FR" and example["features"]
+
+
+def test_the_serving_model_ranks_and_explains_each_item(api) -> None:
+    live = api.app.state.models
+    live.registry.publish(Ranker(RankerConfig(item_buckets=64, user_buckets=8, region_buckets=8, hidden=8)),
+                          parent=None, window=(0, 1), figures={})
+    live.refresh()
+    body = rank(api, ["a", "b", "c"], ts=T0 + 2000, record=False, explain=2).json()
+    assert body["model_version"] == live.version and body["fallback"] is None
+    assert sorted(i["item_id"] for i in body["items"]) == ["a", "b", "c"]
+    assert all(0 < len(i["explanation"]) <= 2 and set(i["explanation"]) <= set(FEATURES) for i in body["items"])

@@ -74,16 +74,22 @@ def stack(kafka_bootstrap, redis_url, tmp_path_factory) -> Iterator[dict[str, An
             runtime.wait_drained(timeout=240)
             eventually(lambda: _assert(len(Registry(registry_dir(s)).versions()) >= 2), timeout=240)
 
-            def search_answers() -> None:
-                _assert(api.get("/v1/search", params={"q": "hotel", "region": "FR"},
-                                headers=keys["search"]).status_code == 200)
-            eventually(search_answers, timeout=300)  # the API loads the encoder and follows catalog.items
-            found = api.get("/v1/search", params={"q": "hôtel", "k": 10}, headers=keys["search"]).json()
+            served = []  # searches with a region record the list they served on events.search
+
+            def search(params: dict[str, str]) -> httpx.Response:
+                answer = api.get("/v1/search", params=params, headers=keys["search"])
+                if answer.status_code == 200 and answer.json()["search_id"]:
+                    served.append(answer.json()["search_id"])
+                return answer
+            eventually(lambda: _assert(search({"q": "hotel", "region": "FR"}).status_code == 200),
+                       timeout=300)  # the API loads the encoder and follows catalog.items
+            found = search({"q": "hôtel", "k": "10"}).json()
             for _ in range(10):
                 api.get("/v1/suggest", params={"prefix": "ho", "region": "FR"}, headers=keys["search"])
-                api.get("/v1/search", params={"q": "hotel berlin", "region": "DE"}, headers=keys["search"])
+                search({"q": "hotel berlin", "region": "DE"})
             time.sleep(2.5)  # one more console sample takes in these requests
-            yield {"runtime": runtime, "api": api, "keys": keys, "events": events, "found": found}
+            yield {"runtime": runtime, "api": api, "keys": keys, "events": events, "found": found,
+                   "served": len(served)}
 
 
 async def _send_broken(settings: Settings) -> None:
@@ -101,8 +107,9 @@ def test_the_dashboard_document_holds_the_replay_s_figures(stack) -> None:
     assert answer.status_code == 200, answer.text
     board = Dashboard.model_validate(answer.json())
     sent = Counter(f"{PREFIX}events.{e['type']}" for e in stack["events"])
+    sent[f"{PREFIX}events.search"] += stack["served"]
     assert {t: board.topics[t].events for t in sent} == dict(sent)
-    assert board.applied == len(stack["events"]) and board.dead_letters.total == len(BROKEN_RECORDS)
+    assert board.applied == len(stack["events"]) + stack["served"] and board.dead_letters.total == len(BROKEN_RECORDS)
     assert any(g.reason.startswith("malformed JSON") and g.samples == ["{this is not json"]
                for g in board.dead_letters.groups)
     assert {(a.region, a.metric) for a in board.alerts if a.metric == "ctr"} >= {("FR", "ctr")}
@@ -146,13 +153,14 @@ def test_every_panel_shows_the_replay_in_a_browser(stack, chromium, tmp_path) ->
 
     runtime, events = stack["runtime"], stack["events"]
     sent = Counter(e["type"] for e in events)
+    sent["search"] += stack["served"]
     with browser(chromium, runtime.api_url) as (page, outside):
         page.goto(f"{runtime.api_url}/dashboard#key={stack['keys']['read']['X-API-Key']}")
         expect(page.locator("#panels")).to_be_visible(timeout=30_000)
         ingest = page.locator("#panel-ingest")
         for kind, n in sent.items():
             expect(ingest.locator(f'tr[data-topic="{PREFIX}events.{kind}"] td').nth(1)).to_have_text(f"{n:,}")
-        expect(ingest.locator(".summary")).to_contain_text(f"{len(events):,} applied to features")
+        expect(ingest.locator(".summary")).to_contain_text(f"{len(events) + stack['served']:,} applied to features")
         expect(ingest.locator(".chart svg path")).not_to_have_count(0)
         expect(page.locator("#panel-lag .chart svg")).to_be_visible()
         expect(page.locator("#panel-freshness .summary")).to_contain_text("p99")

@@ -5,10 +5,14 @@ and the HTTP routes' errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
+from collections.abc import AsyncIterator, Iterator
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -23,6 +27,7 @@ from relevo.search.query import QueryUnderstanding
 from relevo.search.retrieval import CatalogIndexer
 from relevo.search.service import SearchService
 from relevo.search.taxonomy import IntentClassifier, read_taxonomy
+from relevo.serving.app import KafkaIngest
 from relevo.serving.search import router
 
 PRODUCTS = [
@@ -181,12 +186,36 @@ def test_query_understanding(catalog, shared_data):
 
 
 @pytest.fixture(scope="module")
-def client(catalog) -> TestClient:
-    app = FastAPI()
+def client(catalog, kafka_bootstrap) -> Iterator[TestClient]:
+    settings = Settings(search_keys="public", kafka_bootstrap_servers=kafka_bootstrap, topic_prefix="served.")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ingest = KafkaIngest(settings)  # where the served lists go
+        await app.state.ingest.start()
+        yield
+        await app.state.ingest.stop()
+
+    app = FastAPI(lifespan=lifespan)
     app.include_router(router)
     app.state.search = SearchService(catalog)
-    app.state.settings = Settings(search_keys="public")
-    return TestClient(app, headers={"X-API-Key": "public"})
+    app.state.settings = settings
+    with TestClient(app, headers={"X-API-Key": "public"}) as client:
+        yield client
+
+
+async def served_list(settings: Settings, search_id: str) -> dict:
+    consumer = AIOKafkaConsumer(settings.topic("events.search"), bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        async for record in consumer:
+            for event in orjson.loads(record.value):
+                if event["search_id"] == search_id:
+                    return event
+    finally:
+        await consumer.stop()
+    raise AssertionError("unreachable")
 
 
 def test_http_search_and_understand(client):
@@ -194,6 +223,10 @@ def test_http_search_and_understand(client):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["results"][0]["item_id"] == "umbrella" and body["results"][0]["price"] == 12.0
+    # the list served is recorded under its search id: a click carrying it becomes a labelled example
+    served = asyncio.run(asyncio.wait_for(served_list(client.app.state.settings, body["search_id"]), 30))
+    assert served["results"] == [r["item_id"] for r in body["results"]] and served["query"] == "雨伞"
+    assert served["region"] == "DE" and served["locale"] == "de-AT" and served["session_id"] == body["search_id"]
     assert body["understanding"]["language"]["code"] == "zh"
     assert client.get("/v1/query/understand", params={"q": "Acme kettle"}).json()["entities"]["brands"] == ["Acme"]
 
