@@ -18,13 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import redis
 import redis.asyncio as aioredis
 
 from bench.report import record, table
 from relevo.core.keys import Keys
 from relevo.core.settings import Settings
-from relevo.core.stats import percentile
+from relevo.core.stats import percentile, read_counters
 from relevo.features.online import OnlineStore
 from relevo.runtime.processes import Runtime, first_key
 from relevo.streams.datasets import open_dataset
@@ -51,6 +50,16 @@ async def timed_async(call, n: int) -> list[float]:  # type: ignore[no-untyped-d
     return out
 
 
+async def applied(redis_url: str) -> float:
+    """Events the workers applied or skipped as duplicates (the feature shards' counters summed)."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        counters = await read_counters(client, Keys())
+    finally:
+        await client.aclose()
+    return counters.get("events_applied", 0) + counters.get("events_duplicate", 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
@@ -68,8 +77,7 @@ def main() -> None:
             async with EventProducer(rt.settings.kafka_bootstrap_servers) as producer:
                 await producer.send(events)
         asyncio.run(load())
-        client = redis.Redis.from_url(rt.settings.redis_url)
-        while int(client.hget("rv:stats", "events_applied") or 0) < len(events) - 10:
+        while asyncio.run(applied(rt.settings.redis_url)) < len(events) - 10:
             time.sleep(0.5)
         # The API loads its search catalog in the background: measure once that work is done, not beside it.
         with httpx.Client(base_url=rt.api_url, headers=read_key) as http:
