@@ -10,10 +10,12 @@ knows the constructors, so the stream side never imports what it hosts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import faust
 import redis.asyncio as aioredis
+import uvloop
 
 from relevo.core.heap import tune_for_large_heaps
 from relevo.core.keys import Keys
@@ -127,6 +129,9 @@ MAX_SET = "local c = tonumber(redis.call('GET', KEYS[1])) if not c or tonumber(A
 def run_worker(settings: Settings) -> None:
     """Run one worker process until SIGINT/SIGTERM."""
     _check(settings)
+    # libuv's event loop: 15% less worker CPU per event than asyncio's (224 vs 264 µs, default
+    # processors, Trivago slice at 200 events per record, one A/B on an idle machine).
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     tune_for_large_heaps()
     keys = Keys(settings.key_prefix)
     app = create_app(settings,
