@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -272,7 +273,8 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
     figures = await latency_in_process(service, redis, requests)
     if not args.no_http:
         figures |= latency_http(redis_url, requests, workdir)
-    clock = int(await redis.get(f"{KEYS.prefix}:sugg:clock"))
+    # Each prefix shard keeps its own clock (relevo.suggestions.store): the stream's is the latest.
+    clock = max([int(await redis.get(key)) async for key in redis.scan_iter(f"{KEYS.prefix}:*:sugg:clock")])
     fresh, ours_sessions, global_sessions = await freshness(updater, service, clock, regions[0])
     rows = [[name, len(requests) - len(requests) // 10, *values] for name, values in figures.items()]
     rows.append(["new query → suggested (updater to suggest)", FRESH_QUERIES - FRESH_QUERIES // 10, *fresh])
@@ -286,7 +288,10 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
            f"{global_sessions or '>300'}. Load average during the run: "
            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores.")
     await redis.aclose()
-
+    # One key per latency row: "suggest, in process" -> suggest_in_process_p99_ms.
+    slugs = {"_".join(re.findall(r"[a-z0-9]+", name.lower())): values[1] for name, values in figures.items()}
+    print("RESULT suggest " + " ".join(f"{slug}_p99_ms={p99:.2f}" for slug, p99 in slugs.items())
+          + f" fresh_p99_ms={fresh[1]:.2f}")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
