@@ -255,7 +255,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> None:
         counts[e["region"]] += 1
     regions = sorted(counts, key=lambda g: -counts[g])[:5]
     memory = (await redis.info("memory"))["used_memory"] / 2**20
-    keys = sum([1 async for _ in redis.scan_iter(f"{KEYS.prefix}:sugg:*", count=1000)])
+    keys = sum([1 async for _ in redis.scan_iter(f"{KEYS.prefix}:*:sugg:*", count=1000)])
     methods = list(quality.methods)
     record("Query suggestions: quality on real Trivago queries (prequential)", COMMAND,
            table(["slice", "prefixes ranked", *(f"MRR@10 {m}" for m in methods),
