@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,7 +86,7 @@ def stack(kafka_bootstrap, redis_url, tmp_path_factory) -> Iterator[dict[str, An
             for _ in range(10):
                 api.get("/v1/suggest", params={"prefix": "ho", "region": "FR"}, headers=keys["search"])
                 search({"q": "hotel berlin", "region": "DE"})
-            time.sleep(2.5)  # one more console sample takes in these requests
+            eventually(lambda: _assert(_shows(api, keys, len(events) + len(served))), timeout=120)
             yield {"runtime": runtime, "api": api, "keys": keys, "events": events, "found": found,
                    "served": len(served)}
 
@@ -100,6 +99,12 @@ async def _send_broken(settings: Settings) -> None:
 
 def _assert(condition: bool) -> None:
     assert condition
+
+
+def _shows(api: httpx.Client, keys: dict[str, dict[str, str]], applied: int) -> bool:
+    """Whether the console has taken in the fixture's requests: the served lists applied, both routes timed."""
+    board = Dashboard.model_validate(api.get("/v1/dashboard", headers=keys["read"]).json())
+    return board.applied == applied and {"/v1/search", "/v1/suggest"} <= set(board.latency)
 
 
 def test_the_dashboard_document_holds_the_replay_s_figures(stack) -> None:
