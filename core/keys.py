@@ -109,6 +109,11 @@ class Keys:
         return f"{self.prefix}:analytics:{{analytics:{partition}}}"
 
     @property
+    def log_epoch(self) -> str:
+        """The incarnation of the broker's log that positions refer to (``relevo.streams.epoch``)."""
+        return f"{self.prefix}:log_epoch"
+
+    @property
     def clock(self) -> str:
         """The stream clock: the latest event time applied, in epoch ms."""
         return f"{self.prefix}:clock"

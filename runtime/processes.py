@@ -7,7 +7,8 @@ find it without environment variables; so are its API keys (the file is readable
 by its owner only): a scope with no key configured gets a random one for this
 run, never a default. ``supervise()`` restarts a child that exited (a worker, the
 trainer, the API, an embedded server) with backoff and logs why, while the rest
-stays up.
+stays up; the embedded broker comes back with an empty log, so its restart also starts
+a new log epoch (``relevo.streams.epoch``) and restarts the Kafka clients on it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from relevo.core.redis import connect, connect_sync
 from relevo.core.settings import Settings
 from relevo.core.supervision import Backoff
 from relevo.drift.combined import STAGE as GLOBAL
-from relevo.runtime.stack import EmbeddedStack, free_port
+from relevo.runtime.stack import ChildServer, EmbeddedStack, free_port
+from relevo.streams.epoch import start_epoch
 from relevo.streams.lag import end_offset
 from relevo.streams.regions import STAGE as REGIONS
 from relevo.streams.stages import Snapshots
@@ -54,7 +56,7 @@ async def _drain_state(settings: Settings) -> tuple[bool, tuple[int, ...]]:
             saved = await Snapshots(redis, keys, REGIONS).load(partition)
             merge = saved[1]["merge"] if saved else None
             positions.append(saved[0] if saved else -1)
-            done = done and merge is not None and not len(merge) and merge.watermark() == float("inf")
+            done = done and positions[-1] >= 0 and not len(merge) and merge.watermark() == float("inf")
         if "drift" in settings.processor_names:
             saved = await Snapshots(redis, keys, GLOBAL).load(0)
             positions.append(saved[0] if saved else -1)
@@ -154,6 +156,8 @@ class Runtime(AbstractContextManager["Runtime"]):
         if self.with_api and s.api_port == 0:
             s = replace(s, api_port=free_port())
         self.settings = s = with_keys(s)
+        if self.stack and self.stack.start_kafka:
+            self._new_log_epoch()
         asyncio.run(ensure_topics(s))
         path = stack_file(s)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,8 +204,30 @@ class Runtime(AbstractContextManager["Runtime"]):
         if self.api is not None:
             children.append(("api", self.api, lambda: setattr(self, "api", self._spawn_api())))
         for server in self.stack.servers if self.stack else ():
-            children.append((server.name, server.proc, server.start))
+            restart = (lambda s=server: self._restart_broker(s)) if server.name == "kafka" else server.start
+            children.append((server.name, server.proc, restart))
         return children
+
+    def _new_log_epoch(self) -> None:
+        epoch = start_epoch(self.redis(), Keys(self.settings.key_prefix))
+        log.info("the embedded broker's log starts empty: log epoch %d", epoch)
+
+    def _restart_broker(self, server: ChildServer) -> None:
+        """The embedded broker comes back with an empty log: its Kafka clients stop first (none may
+        read the new log in the old epoch), a new epoch starts, then the broker, its topics and the
+        clients again."""
+        clients = [*self.workers, *(p for p in (self.trainer, self.api) if p)]
+        for proc in clients:
+            stop_process(proc, timeout=5.0)  # the broker is gone: nothing is left to flush
+        self._new_log_epoch()
+        server.start()
+        asyncio.run(ensure_topics(self.settings))
+        self.workers = [self._spawn_worker(i) for i in range(len(self.workers))]
+        if self.trainer is not None:
+            self.trainer = self._spawn_trainer()
+        if self.api is not None:
+            self.api = self._spawn_api()
+        log.warning("restarted %d Kafka clients on the new log", len(clients))
 
     def supervise(self, stop: threading.Event, every_s: float = 0.5,
                   backoff: Callable[[], Backoff] = Backoff) -> None:

@@ -2,10 +2,11 @@
 
 Decode and validate every record; send what fails to the dead-letter topic with
 its original bytes and the reason; hand the valid events to each processor. Each
-event carries its source (topic:partition) and position (offset, index in the
-record), and once every processor is done with a batch the ``SourceProgress``
-hears of its records and events, so event-time operators downstream know where
-each source stands (never ahead of what was forwarded).
+event carries its source (topic:partition) and position (offset, counted across the
+log's epochs as ``relevo.streams.epoch`` says, and index in the record), and once
+every processor is done with a batch the ``SourceProgress`` hears of its records and
+events, so event-time operators downstream know where each source stands (never
+ahead of what was forwarded).
 Input can never crash the worker. When Redis is unreachable the batch is
 retried until it lands: acknowledging it would lose events.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from relevo.core.redis import retrying
 from relevo.core.stats import WorkerStats
+from relevo.streams.epoch import log_offset
 from relevo.streams.events import Event, Reject, decode_record, encode
 from relevo.streams.eventtime import SOURCE, SourceProgress, source_of, stamp
 from relevo.streams.processors import BatchProcessor
@@ -45,12 +47,12 @@ class EventPipeline:
 
     def __init__(self, processors: Sequence[BatchProcessor], send_dlq: SendDLQ, stats: WorkerStats,
                  topic_types: dict[str, str], max_event_bytes: int = 64 * 1024,
-                 max_retry_wait_s: float = 5.0, progress: SourceProgress | None = None) -> None:
+                 max_retry_wait_s: float = 5.0, progress: SourceProgress | None = None, epoch: int = 0) -> None:
         self.processors, self.send_dlq, self.stats = list(processors), send_dlq, stats
         self.topic_types, self.max_event_bytes = topic_types, max_event_bytes
         self._topic_of = {event_type: topic for topic, event_type in topic_types.items()}
         self.max_retry_wait_s = max_retry_wait_s
-        self.progress = progress
+        self.progress, self.epoch = progress, epoch
 
     async def handle(self, records: Sequence[Record]) -> list[Event]:
         events: list[Event] = []
@@ -59,7 +61,7 @@ class EventPipeline:
         for record in records:
             valid, rejects = decode_record(record.value, self.topic_types.get(record.topic),
                                            self.max_event_bytes)
-            events.extend(stamp(valid, record.topic, record.partition, record.offset))
+            events.extend(stamp(valid, record.topic, record.partition, log_offset(self.epoch, record.offset)))
             per_topic[record.topic] += len(valid)
             for reject in rejects:
                 await self._dead_letter(reject, record)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from relevo.core.keys import Keys
 from relevo.core.redis import retrying
+from relevo.streams.epoch import current_epoch
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,25 @@ class Snapshots:
 
     Pickle is fine here: only our own workers write these keys, and anyone who can write
     to Redis can already falsify every feature. A snapshot that cannot be read is logged
-    and the partition starts from the beginning of its topic.
+    and the partition starts from the beginning of its topic. A snapshot of another log
+    epoch (``relevo.streams.epoch``) keeps its state, and its offset, which points into
+    a log that is gone, becomes -1: the new log is read from its start.
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, stage: str) -> None:
         self.redis, self.keys, self.stage = redis, keys, stage
+        self._epoch: int | None = None  # read once: a process lives within one epoch
+
+    async def epoch(self) -> int:
+        if self._epoch is None:
+            self._epoch = await current_epoch(self.redis, self.keys)
+        return self._epoch
 
     def key(self, partition: int) -> str:
         return self.keys.stage_state(self.stage, partition)
 
     async def save(self, partition: int, offset: int, state: Any) -> int:
-        data = pickle.dumps((offset, state), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((await self.epoch(), offset, state), protocol=pickle.HIGHEST_PROTOCOL)
         await self.redis.set(self.key(partition), data)
         return len(data)
 
@@ -69,10 +78,14 @@ class Snapshots:
         if data is None:
             return None
         try:
-            offset, state = pickle.loads(data)
+            epoch, offset, state = pickle.loads(data)
         except Exception:  # a corrupt or foreign snapshot must not stop the worker
             log.exception("snapshot %s unreadable; the partition is read again from the start", self.key(partition))
             return None
+        if epoch != await self.epoch():
+            log.warning("snapshot %s is of log epoch %d, the log is in epoch %d: its state is kept and the new "
+                        "log read from its start", self.key(partition), epoch, await self.epoch())
+            return -1, state
         return offset, state
 
 

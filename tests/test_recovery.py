@@ -159,3 +159,42 @@ def test_supervision_restarts_a_crashed_worker(tmp_path, kafka_bootstrap, redis_
             stop.set()
             supervisor.join()
     assert "worker-0 exited with code -9" in caplog.text and "worker-0 restarted" in caplog.text
+
+
+def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url) -> None:
+    """The in-memory broker comes back empty, its offsets from 0 again: the events sent to it
+    afterwards are all applied (none taken for a replay of the log before), and the region
+    stream reads the new log from its start, keeping its state."""
+    events = synthetic_events(1200, seed=5, users=12, prefix="ep")
+    before, after = events[:700], events[700:]
+    client = redis.Redis.from_url(redis_url)
+    asyncio.run(apply_once(redis_url, "ep-ref", events))
+    with running(tmp_path, "", redis_url, "t-epoch", "ep", idle_s=1.0, checkpoint_s=1.0) as rt:
+        rt.wait_workers_ready()
+        assert client.get("ep:log_epoch") == b"1"
+        send(rt.settings, before)
+        wait_applied(client, "ep", len(before))
+        rt.wait_drained(timeout=120)
+        stop = threading.Event()
+        supervisor = threading.Thread(target=rt.supervise, args=(stop, 0.1), daemon=True)
+        supervisor.start()
+        try:
+            broker, worker, killed_ms = rt.stack.servers[0].proc, rt.workers[0], int(time.time() * 1000)
+            os.kill(broker.pid, signal.SIGKILL)
+            eventually(lambda: _assert(rt.workers[0] is not worker and rt.stack.servers[0].proc is not broker))
+            rt.wait_workers_ready(since_ms=killed_ms, timeout=90)
+            assert client.get("ep:log_epoch") == b"2"
+            send(rt.settings, after)
+            wait_applied(client, "ep", len(events))
+            eventually(lambda: assert_same_features(client, "ep", "ep-ref", after[-1]["ts"]))
+            rt.wait_drained(timeout=120)
+        finally:
+            stop.set()
+            supervisor.join()
+    counts = counters(client, "ep")
+    assert counts["events_applied"] == len(events) and not counts.get("events_duplicate")
+    assert int(client.get("ep:clock")) >= after[0]["ts"]  # the region stream read the new log
+
+
+def _assert(condition: bool) -> None:
+    assert condition

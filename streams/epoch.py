@@ -1,0 +1,44 @@
+"""The log epoch: which incarnation of the broker's log the stream's positions refer to.
+
+Offsets identify a record only within one life of its log. The embedded broker keeps
+its log in memory, so after a restart its partitions start again at offset 0, while
+Redis (durable) still holds the positions the writer applied and the stages' snapshot
+offsets from the log before. Read as positions of the new log, they would make every
+new event up to those offsets look like a replay and skip it. So positions count
+across epochs: an event's position is its offset shifted by the epoch, every position
+of a new epoch comes after every position of the one before, and a snapshot taken in
+another epoch keeps its state but reads the new log from its start.
+
+``relevo up`` starts a new epoch whenever it starts the embedded broker (at start and
+after a crash), before any Kafka client of the new log runs. A durable Kafka cluster
+keeps epoch 0 for good.
+
+>>> log_offset(0, 41), log_offset(2, 41) > log_offset(1, 10 ** 9)
+(41, True)
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.cluster import RedisCluster
+
+from relevo.core.keys import Keys
+from relevo.core.redis import AnyRedis
+
+# 2**40 offsets per partition and epoch; exact in Lua's doubles (2**53) for 8,192 epochs.
+EPOCH_SHIFT = 40
+
+
+def log_offset(epoch: int, offset: int) -> int:
+    """A record's offset counted across the epochs of its log."""
+    return (epoch << EPOCH_SHIFT) + offset
+
+
+async def current_epoch(client: AnyRedis, keys: Keys) -> int:
+    """The epoch of the log the stream reads now (0 when none was ever started)."""
+    return int(await client.get(keys.log_epoch) or 0)
+
+
+def start_epoch(client: redis.Redis | RedisCluster, keys: Keys) -> int:
+    """Start a new epoch (the log starts over); returns its number."""
+    return int(client.incr(keys.log_epoch))
