@@ -13,6 +13,10 @@ Exactly once, in two steps that survive a crash between them and work on Redis C
    again after a crash) writes nothing and says what it has; the writer drops those
    events for that shard and applies the rest.
 
+When a batch fails before any apply call (an event the aggregation cannot take), its
+claims are released (``release.lua``): the batch is dead-lettered, and its re-drive is
+claimed and applied like new.
+
 So a worker killed at any point and restarted leaves every feature as if each event had
 been applied once. ``relevo.features.online`` reads them back.
 """
@@ -36,6 +40,7 @@ from relevo.streams.eventtime import POSITION, SOURCE
 
 CLAIM_LUA = script(__package__, "claim.lua")
 APPLY_LUA = script(__package__, "apply.lua")
+RELEASE_LUA = script(__package__, "release.lua")
 
 
 def position(event: Event) -> str:
@@ -81,6 +86,7 @@ class FeatureWriter:
         self.max_events = max_events_per_call  # bounds how long Redis is busy with one script
         self._claim = redis.register_script(CLAIM_LUA)
         self._apply = redis.register_script(APPLY_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
 
     async def process(self, events: Sequence[Event]) -> None:
         for start in range(0, len(events), self.max_events):
@@ -90,10 +96,19 @@ class FeatureWriter:
         unique = list({e["event_id"]: e for e in reversed(chunk)}.values())[::-1]  # the first of each id
         duplicates = await self._claims(unique, repeated=len(chunk) - len(unique))
         fresh = [e for e in unique if e["event_id"] not in duplicates]
-        if fresh:
-            await self._apply_all(fresh)
+        if not fresh:
+            return
+        try:
+            batch = _aggregate(fresh)
+            pending = {shard: (rows, fresh, _positions(fresh), batch.t_ref)
+                       for shard, rows in batch.by_shard(self.keys).items()}
+        except Exception:  # nothing reached a shard: unclaimed, a re-drive of the dead letters applies them
+            await run_scripts(self.redis, self._claim_calls(self._release, fresh))
+            raise
+        await self._apply_all(pending)
 
-    async def _claims(self, events: Sequence[Event], repeated: int) -> set[str]:
+    def _claim_calls(self, script: Any, events: Sequence[Event]) -> list[tuple[Any, list[str], list[bytes]]]:
+        """One ``script`` call per shard of the events' ids: its dedupe buckets and counters, the ids."""
         by_shard: dict[int, list[list[str]]] = {}
         for event in events:
             by_shard.setdefault(shard_of(event["event_id"]), []).append([event["event_id"], position(event)])
@@ -101,9 +116,12 @@ class FeatureWriter:
         calls = []
         for shard, ids in by_shard.items():
             buckets, ttl = dedupe_buckets(self.keys.in_shard(shard, "seen"), self.window_s, now)
-            calls.append((self._claim, [*buckets, self.keys.in_shard(shard, "counts")],
+            calls.append((script, [*buckets, self.keys.in_shard(shard, "counts")],
                           [orjson.dumps({"ids": ids, "ttl": ttl})]))
-        results = await run_scripts(self.redis, calls)
+        return calls
+
+    async def _claims(self, events: Sequence[Event], repeated: int) -> set[str]:
+        results = await run_scripts(self.redis, self._claim_calls(self._claim, events))
         if repeated:  # the same id twice within one batch: the later ones are duplicates
             await self.redis.hincrby(self.keys.in_shard(0, "counts"), "events_duplicate", repeated)
         return {d.decode() for found in results for d in found}
@@ -120,10 +138,10 @@ class FeatureWriter:
         payload = {"positions": positions, "t_ref": t_ref, "defs": DEFS, "groups": groups}
         return self._apply, keys, [orjson.dumps(payload)]
 
-    async def _apply_all(self, events: Sequence[Event]) -> None:
-        batch, positions = _aggregate(events), _positions(events)
-        # shard -> (its rows, the events they came from, their positions, the time decayed values are relative to)
-        pending = {shard: (rows, events, positions, batch.t_ref) for shard, rows in batch.by_shard(self.keys).items()}
+    async def _apply_all(self, pending: dict[int, tuple[list[list[Any]], Sequence[Event], dict[str, list[int]], int]]
+                         ) -> None:
+        """``pending``: shard -> (its rows, the events they came from, their positions, the time decayed
+        values are relative to)."""
         while pending:
             shards = list(pending)
             results = await run_scripts(self.redis, [self._call(shard, rows, spans, t_ref)

@@ -6,13 +6,16 @@ import math
 import random
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from relevo.core.keys import Keys
+from relevo.features import writer as writer_module
 from relevo.features.definitions import REGION_ITEMS, USER_ITEMS, USER_WEIGHTS
 from relevo.features.online import OnlineStore
 from relevo.features.writer import FeatureWriter
-from tests.streamkit import T0, expected_decayed, synthetic_events
+from relevo.streams.eventtime import stamp
+from tests.streamkit import T0, counters, expected_decayed, synthetic_events
 
 
 @pytest.fixture
@@ -85,3 +88,24 @@ async def test_unknown_entities_and_hostile_ids(store) -> None:
     user = await reader.user(hostile)
     assert user["recent_items"] == ["i:*"]
     assert await reader.user("u") is None
+
+
+async def test_a_batch_that_fails_before_any_apply_is_unclaimed(store, redis_url, monkeypatch) -> None:
+    """The worker dead-letters such a batch; re-driven (read again at other positions) it applies once."""
+    writer, reader = store
+    events = synthetic_events(120, seed=8)
+
+    def read_at(offset: int) -> list[dict]:
+        return [stamp([dict(e)], "events.click", 0, offset + n)[0] for n, e in enumerate(events)]
+
+    def broken(_: object) -> None:
+        raise ValueError("an event the aggregation cannot take")
+    monkeypatch.setattr(writer_module, "_aggregate", broken)
+    with pytest.raises(ValueError):
+        await writer.process(read_at(0))
+    monkeypatch.undo()
+    await writer.process(read_at(1000))  # relevo dlq redrive: the same events, new positions
+    reference = FeatureWriter(writer.redis, Keys("t-ref"))
+    await reference.process(events)
+    assert await reader.user("u1") == await OnlineStore(writer.redis, Keys("t-ref")).user("u1")
+    assert counters(redis.Redis.from_url(redis_url), "t")["events_applied"] == len(events)
