@@ -79,6 +79,8 @@ class Settings:
                                "holding the stream's event time back")
     max_clock_jump_s: int = _env_field("RELEVO_MAX_CLOCK_JUMP_S", 3600, "a source's event time jumps further "
                                        "only when 3 events in a row agree (one wild timestamp moves nothing)")
+    log_epoch: int = _env_field("RELEVO_LOG_EPOCH", 0, "which life of the broker's log positions refer to: "
+                                "`relevo up` sets it for the embedded broker; keep 0 on a durable Kafka")
     checkpoint_s: float = _env_field("RELEVO_CHECKPOINT_S", 10.0, "how often each partition of the region "
                                      "and global stages snapshots its state")
     alert_webhook_url: str = _env_field("RELEVO_ALERT_WEBHOOK_URL", "", "POST drift alerts here (empty: off)")

@@ -26,7 +26,7 @@ from relevo.core.redis import AnyRedis
 from relevo.core.settings import Settings
 from relevo.features.definitions import FEATURES
 from relevo.features.writer import FeatureWriter
-from relevo.streams.epoch import current_epoch, log_offset
+from relevo.streams.epoch import log_offset
 from relevo.streams.events import decode_record
 from relevo.streams.eventtime import stamp
 from relevo.streams.logread import read_log
@@ -89,7 +89,6 @@ async def rebuild_features(settings: Settings, redis: AnyRedis, fresh: bool = Fa
         raise FeaturesExist(f"features exist under the prefix {keys.prefix!r}; pass --fresh to delete them "
                             "and rebuild from the log")
     writer, types = FeatureWriter(redis, keys, settings.dedupe_window_s), event_topics(settings)
-    epoch = await current_epoch(redis, keys)
     report, started = RebuildReport(), time.monotonic()
     shown = started
     async for records in read_log(settings, list(types)):
@@ -97,7 +96,7 @@ async def rebuild_features(settings: Settings, redis: AnyRedis, fresh: bool = Fa
         for record in records:
             valid, rejects = decode_record(record.value, types[record.topic], settings.max_event_bytes)
             # positioned as the worker's pipeline does
-            events += stamp(valid, record.topic, record.partition, log_offset(epoch, record.offset))
+            events += stamp(valid, record.topic, record.partition, log_offset(settings.log_epoch, record.offset))
             report.rejected += len(rejects)
         await writer.process(events)
         report.records += len(records)

@@ -53,12 +53,12 @@ async def _drain_state(settings: Settings) -> tuple[bool, tuple[int, ...]]:
     try:
         done, positions = True, []
         for partition in range(settings.partitions):
-            saved = await Snapshots(redis, keys, REGIONS).load(partition)
+            saved = await Snapshots(redis, keys, REGIONS, settings.log_epoch).load(partition)
             merge = saved[1]["merge"] if saved else None
             positions.append(saved[0] if saved else -1)
             done = done and positions[-1] >= 0 and not len(merge) and merge.watermark() == float("inf")
         if "drift" in settings.processor_names:
-            saved = await Snapshots(redis, keys, GLOBAL).load(0)
+            saved = await Snapshots(redis, keys, GLOBAL, settings.log_epoch).load(0)
             positions.append(saved[0] if saved else -1)
             done = done and saved is not None and saved[0] + 1 >= await end_offset(settings,
                                                                                    settings.topic(DRIFT_GLOBAL))
@@ -84,8 +84,9 @@ def resolve(settings: Settings) -> Settings:
     if not path.exists():
         return settings
     found = json.loads(path.read_text())
-    return settings.with_servers(settings.kafka_bootstrap_servers or found["kafka"],
-                                 settings.redis_url or found["redis"])
+    resolved = settings.with_servers(settings.kafka_bootstrap_servers or found["kafka"],
+                                     settings.redis_url or found["redis"])
+    return replace(resolved, log_epoch=found.get("log_epoch", 0)) if settings.embedded_kafka else resolved
 
 
 SCOPES = ("ingest", "read", "search", "admin")
@@ -155,16 +156,11 @@ class Runtime(AbstractContextManager["Runtime"]):
                                s.redis_url or self.stack.redis_url)
         if self.with_api and s.api_port == 0:
             s = replace(s, api_port=free_port())
-        self.settings = s = with_keys(s)
+        self.settings = with_keys(s)
         if self.stack and self.stack.start_kafka:
             self._new_log_epoch()
-        asyncio.run(ensure_topics(s))
-        path = stack_file(s)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600)  # it holds this run's API keys
-        path.write_text(json.dumps({"kafka": s.kafka_bootstrap_servers, "redis": s.redis_url,
-                                    "api": self.api_url, "keys": {k: first_key(s, k) for k in SCOPES}}))
+        asyncio.run(ensure_topics(self.settings))
+        self._write_stack_file()
         for _ in range(self.n_workers):
             self.start_worker()
         if self.with_trainer:
@@ -208,8 +204,18 @@ class Runtime(AbstractContextManager["Runtime"]):
             children.append((server.name, server.proc, restart))
         return children
 
+    def _write_stack_file(self) -> None:
+        s, path = self.settings, stack_file(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # it holds this run's API keys
+        path.write_text(json.dumps({"kafka": s.kafka_bootstrap_servers, "redis": s.redis_url, "log_epoch": s.log_epoch,
+                                    "api": self.api_url, "keys": {k: first_key(s, k) for k in SCOPES}}))
+
     def _new_log_epoch(self) -> None:
+        """The embedded broker starts with an empty log: every child from now on reads it in a new epoch."""
         epoch = start_epoch(self.redis(), Keys(self.settings.key_prefix))
+        self.settings = replace(self.settings, log_epoch=epoch)
         log.info("the embedded broker's log starts empty: log epoch %d", epoch)
 
     def _restart_broker(self, server: ChildServer) -> None:
@@ -222,6 +228,7 @@ class Runtime(AbstractContextManager["Runtime"]):
         self._new_log_epoch()
         server.start()
         asyncio.run(ensure_topics(self.settings))
+        self._write_stack_file()
         self.workers = [self._spawn_worker(i) for i in range(len(self.workers))]
         if self.trainer is not None:
             self.trainer = self._spawn_trainer()

@@ -110,14 +110,15 @@ def build_stages(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs:
     common = dict(bootstrap_servers=settings.kafka_bootstrap_servers, outputs=outputs,
                   checkpoint_s=settings.checkpoint_s, session_timeout_s=settings.session_timeout_s)
     stages = [PartitionedStage(REGIONS, topic=settings.topic(BY_REGION), group=f"{settings.app_id}-{REGIONS}",
-                               make_state=region_partition, snapshots=Snapshots(redis, keys, REGIONS), **common)]
+                               make_state=region_partition,
+                               snapshots=Snapshots(redis, keys, REGIONS, settings.log_epoch), **common)]
     if "drift" in settings.processor_names:
         store = AlertStore(redis, keys)
         stages.append(PartitionedStage(
             GLOBAL, topic=settings.topic(DRIFT_GLOBAL), group=f"{settings.app_id}-{GLOBAL}",
             make_state=lambda _, dump: GlobalDrift(settings.partitions, store, sinks,
                                                    cooldown_ms=settings.drift_cooldown_s * 1000, dump=dump),
-            snapshots=Snapshots(redis, keys, GLOBAL), **common))
+            snapshots=Snapshots(redis, keys, GLOBAL, settings.log_epoch), **common))
     return stages
 
 

@@ -223,8 +223,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.followers = followers = Supervisor()
         followers.start("lag", state.lag.run)
         followers.start("model updates", lambda: follow_updates(state.models.refresh, settings, stop))
-        followers.start("regions", lambda: follow_regions(settings, Snapshots(state.redis, state.keys, REGIONS),
-                                                          state.contexts.make_state, stop))
+        snapshots = Snapshots(state.redis, state.keys, REGIONS, settings.log_epoch)
+        followers.start("regions", lambda: follow_regions(settings, snapshots, state.contexts.make_state, stop))
         followers.start("catalog", lambda: open_search(app, settings, stop))
         followers.start("console", state.console.run)
         followers.start("dead letters", lambda: state.console.follow_dead_letters(settings, stop))

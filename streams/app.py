@@ -27,7 +27,6 @@ from relevo.core.keys import Keys
 from relevo.core.redis import connect
 from relevo.core.settings import Settings
 from relevo.core.stats import WorkerStats
-from relevo.streams.epoch import current_epoch
 from relevo.streams.eventtime import SourceProgress, source_of
 from relevo.streams.lag import group_positions
 from relevo.streams.pipeline import EventPipeline, Record
@@ -122,7 +121,7 @@ def create_app(settings: Settings, build_processors: BuildProcessors,
     async def process_events(stream: faust.Stream) -> None:
         processors = build_processors(redis, outputs, progress)
         pipeline = EventPipeline(processors, send_dlq, WorkerStats(redis, keys), topic_types,
-                                 settings.max_event_bytes, progress=progress, epoch=await current_epoch(redis, keys))
+                                 settings.max_event_bytes, progress=progress, epoch=settings.log_epoch)
         pipelines.append(pipeline)
         log.info("worker ready: %s -> %s", ", ".join(topic_types), ", ".join(p.name for p in processors))
         try:

@@ -10,8 +10,9 @@ of a new epoch comes after every position of the one before, and a snapshot take
 another epoch keeps its state but reads the new log from its start.
 
 ``relevo up`` starts a new epoch whenever it starts the embedded broker (at start and
-after a crash), before any Kafka client of the new log runs. A durable Kafka cluster
-keeps epoch 0 for good.
+after a crash), before any Kafka client of the new log runs, and gives it to its
+children as ``RELEVO_LOG_EPOCH``; Redis remembers the last one started, so the next is
+higher. A durable Kafka cluster keeps epoch 0 for good.
 
 >>> log_offset(0, 41), log_offset(2, 41) > log_offset(1, 10 ** 9)
 (41, True)
@@ -23,7 +24,6 @@ import redis
 from redis.cluster import RedisCluster
 
 from relevo.core.keys import Keys
-from relevo.core.redis import AnyRedis
 
 # 2**40 offsets per partition and epoch; exact in Lua's doubles (2**53) for 8,192 epochs.
 EPOCH_SHIFT = 40
@@ -34,11 +34,6 @@ def log_offset(epoch: int, offset: int) -> int:
     return (epoch << EPOCH_SHIFT) + offset
 
 
-async def current_epoch(client: AnyRedis, keys: Keys) -> int:
-    """The epoch of the log the stream reads now (0 when none was ever started)."""
-    return int(await client.get(keys.log_epoch) or 0)
-
-
 def start_epoch(client: redis.Redis | RedisCluster, keys: Keys) -> int:
-    """Start a new epoch (the log starts over); returns its number."""
+    """A new epoch, after every one started before on this Redis (the log starts over)."""
     return int(client.incr(keys.log_epoch))

@@ -25,7 +25,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from relevo.core.keys import Keys
 from relevo.core.redis import retrying
-from relevo.streams.epoch import current_epoch
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +55,14 @@ class Snapshots:
     a log that is gone, becomes -1: the new log is read from its start.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, stage: str) -> None:
-        self.redis, self.keys, self.stage = redis, keys, stage
-        self._epoch: int | None = None  # read once: a process lives within one epoch
-
-    async def epoch(self) -> int:
-        if self._epoch is None:
-            self._epoch = await current_epoch(self.redis, self.keys)
-        return self._epoch
+    def __init__(self, redis: aioredis.Redis, keys: Keys, stage: str, epoch: int = 0) -> None:
+        self.redis, self.keys, self.stage, self.epoch = redis, keys, stage, epoch
 
     def key(self, partition: int) -> str:
         return self.keys.stage_state(self.stage, partition)
 
     async def save(self, partition: int, offset: int, state: Any) -> int:
-        data = pickle.dumps((await self.epoch(), offset, state), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((self.epoch, offset, state), protocol=pickle.HIGHEST_PROTOCOL)
         await self.redis.set(self.key(partition), data)
         return len(data)
 
@@ -82,9 +75,9 @@ class Snapshots:
         except Exception:  # a corrupt or foreign snapshot must not stop the worker
             log.exception("snapshot %s unreadable; the partition is read again from the start", self.key(partition))
             return None
-        if epoch != await self.epoch():
+        if epoch != self.epoch:
             log.warning("snapshot %s is of log epoch %d, the log is in epoch %d: its state is kept and the new "
-                        "log read from its start", self.key(partition), epoch, await self.epoch())
+                        "log read from its start", self.key(partition), epoch, self.epoch)
             return -1, state
         return offset, state
 

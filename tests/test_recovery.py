@@ -171,7 +171,7 @@ def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url)
     asyncio.run(apply_once(redis_url, "ep-ref", events))
     with running(tmp_path, "", redis_url, "t-epoch", "ep", idle_s=1.0, checkpoint_s=1.0) as rt:
         rt.wait_workers_ready()
-        assert client.get("ep:log_epoch") == b"1"
+        assert rt.settings.log_epoch == 1
         send(rt.settings, before)
         wait_applied(client, "ep", len(before))
         rt.wait_drained(timeout=120)
@@ -183,7 +183,7 @@ def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url)
             os.kill(broker.pid, signal.SIGKILL)
             eventually(lambda: _assert(rt.workers[0] is not worker and rt.stack.servers[0].proc is not broker))
             rt.wait_workers_ready(since_ms=killed_ms, timeout=90)
-            assert client.get("ep:log_epoch") == b"2"
+            assert rt.settings.log_epoch == 2 and client.get("ep:log_epoch") == b"2"
             send(rt.settings, after)
             wait_applied(client, "ep", len(events))
             eventually(lambda: assert_same_features(client, "ep", "ep-ref", after[-1]["ts"]))
