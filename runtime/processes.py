@@ -214,7 +214,7 @@ class Runtime(AbstractContextManager["Runtime"]):
 
     def _new_log_epoch(self) -> None:
         """The embedded broker starts with an empty log: every child from now on reads it in a new epoch."""
-        epoch = start_epoch(self.redis(), Keys(self.settings.key_prefix))
+        epoch = start_epoch(self.redis(), Keys(self.settings.key_prefix), after=self.settings.log_epoch)
         self.settings = replace(self.settings, log_epoch=epoch)
         log.info("the embedded broker's log starts empty: log epoch %d", epoch)
 

@@ -34,6 +34,11 @@ def log_offset(epoch: int, offset: int) -> int:
     return (epoch << EPOCH_SHIFT) + offset
 
 
-def start_epoch(client: redis.Redis | RedisCluster, keys: Keys) -> int:
-    """A new epoch, after every one started before on this Redis (the log starts over)."""
-    return int(client.incr(keys.log_epoch))
+def start_epoch(client: redis.Redis | RedisCluster, keys: Keys, after: int = 0) -> int:
+    """A new epoch, after every one started before on this Redis and after ``after`` (the
+    caller's current one, should the counter have been deleted)."""
+    epoch = int(client.incr(keys.log_epoch))
+    if epoch <= after:
+        epoch = after + 1
+        client.set(keys.log_epoch, epoch)
+    return epoch
