@@ -119,6 +119,8 @@ class ExamplesBuilder:
         results = list(search.get("results", ()))
         if len(results) < 2:  # a single result teaches nothing about order
             return
+        if search["search_id"] in self.state.pending:  # a search id sent twice: the list shown first keeps it
+            return
         example = {key: search.get(key) for key in ("search_id", "ts", "user_id", "session_id",
                                                     "region", "locale", "query")}
         example.update(items=results, features=self.state.context.features(search))

@@ -88,6 +88,18 @@ async def test_examples_never_carry_their_own_outcome() -> None:
     assert second["labels"] == [0, 0]  # the purchase happened before this search: not its outcome
 
 
+async def test_a_search_id_sent_twice_labels_the_list_shown_first() -> None:
+    base = {"user_id": "u", "session_id": "s", "region": "FR", "search_id": "q1"}
+    events = [
+        {**base, "type": "search", "event_id": "e1", "ts": T0, "results": ["a", "b", "c"]},
+        {**base, "type": "search", "event_id": "e2", "ts": T0 + 1_000, "results": ["c", "d"]},
+        {**base, "type": "click", "event_id": "e3", "ts": T0 + 2_000, "item_id": "c", "search_id": None},
+        {**base, "type": "click", "event_id": "e4", "ts": T0 + 90_000, "item_id": "d", "search_id": None},
+    ]  # the last click crashed the region stage: the session listed the id twice, the pending lists once
+    [example] = [e for batch in await build_examples(events, wait_s=60) for e in batch]
+    assert example["items"] == ["a", "b", "c"] and example["labels"] == [0, 0, 2]
+
+
 def _collector() -> tuple[list[dict[str, Any]], Any]:
     emitted: list[dict[str, Any]] = []
 
