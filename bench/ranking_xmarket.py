@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 
 from bench import xmarket
+from bench.ranking_e2e import post_rank
 from bench.report import record, table
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.features.context import ContextState
@@ -151,15 +152,7 @@ class Ranker:
         body = {"user_id": case.user, "region": case.market, "ts": self.now, "after_ts": case.after_ts,
                 "record": False, "explain": 0, "candidates": [{"item_id": i} for i in case.candidates]}
         async with self.gate:
-            for attempt in range(3):  # a kept-alive connection the server has just closed: ask again
-                try:
-                    answer = await self.api.post("/v1/rank", json=body)
-                    break
-                except (httpx.ReadError, httpx.RemoteProtocolError):
-                    if attempt == 2:
-                        raise
-        answer.raise_for_status()
-        return answer.json()
+            return await post_rank(self.api, body)
 
     async def place(self, case: Case) -> int:
         ranked = await self.ask(case)
