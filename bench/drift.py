@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.report import record, table
+from bench.xmarket import events as xmarket_events
 from relevo.core.keys import Keys
 from relevo.core.redis import connect
 from relevo.core.settings import SHARED_DATA, Settings
@@ -39,32 +39,12 @@ from relevo.drift.regional import RegionalDrift
 from relevo.drift.sinks import AlertStore, ListSink
 from relevo.runtime.processes import Runtime
 from relevo.streams.datasets import trivago
-from relevo.streams.events import Event, validate
+from relevo.streams.events import Event
 from relevo.streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
 WATCHED = ("ctr", "click_rank")  # the metrics a click change should move
-XMARKET_LOCALES = {"ca": "en-CA", "de": "de-DE", "fr": "fr-FR", "in": "en-IN", "jp": "ja-JP",
-                   "mx": "es-MX", "uk": "en-GB"}
-
-
-def xmarket_events(root: Path) -> list[Event]:
-    """XMarket 5-core ratings as purchase events in date order (price unknown: 0)."""
-    rows = []
-    for market, locale in XMARKET_LOCALES.items():
-        with open(root / f"{market}_5core.txt") as fh:
-            next(fh)
-            for n, line in enumerate(fh):
-                user, item, _rate, date = line.split()
-                day = datetime.date.fromisoformat(date)
-                ts = int(datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC).timestamp()) * 1000
-                rows.append((ts, market, n, user, item, locale))
-    rows.sort()
-    return [validate({"type": "purchase", "event_id": f"xm-{m}-{n}", "ts": ts, "user_id": user,
-                      "session_id": user, "region": m.upper(), "locale": locale, "item_id": item,
-                      "order_id": f"xm-{m}-{n}", "price": 0.0})
-            for ts, m, n, user, item, locale in rows]
 
 
 async def _read_alerts(settings: Settings) -> list[Alert]:

@@ -58,6 +58,19 @@ def split(events: list[Event]) -> int:
     return times[len(times) // 2]
 
 
+async def post_rank(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/rank``'s answer to ``body``, asking again when a kept-alive connection had just closed."""
+    for attempt in range(3):
+        try:
+            answer = await api.post("/v1/rank", json=body)
+            break
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            if attempt == 2:
+                raise
+    answer.raise_for_status()
+    return answer.json()
+
+
 class SecondHalf:
     """Replays the second half session by session, ranking each clickout through the API first."""
 
@@ -102,16 +115,8 @@ class SecondHalf:
                 "candidates": [{"item_id": i, "price": p, "position": n}
                                for n, (i, p) in enumerate(zip(items, prices, strict=True))]}
         self.open[search["search_id"]] = search["ts"]
-        for attempt in range(3):  # a kept-alive connection the server has just closed: ask again
-            try:
-                answer = await self.api.post("/v1/rank", json=body)
-                break
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                if attempt == 2:
-                    raise
-        answer.raise_for_status()
+        ranked = await post_rank(self.api, body)
         del self.open[search["search_id"]]
-        ranked = answer.json()
         self.stale += not ranked["caught_up"]
         self.took_ms.append(ranked["took_ms"])
         self.served[f"v{ranked['model_version']}" if ranked["model_version"] else ranked["fallback"]] += 1
