@@ -12,12 +12,19 @@ the replay's last event, with nDCG@10 and HR@10 of the held-out item. No model i
 (XMarket has no result lists), so ``/v1/rank`` answers with its ``region_counts``
 fallback: the region's decayed per-item interactions.
 
+Their half-life (``RELEVO_POPULARITY_HALF_LIFE_S``) is chosen on a held-out split: the
+sampled users are split in two (seeded); ``/v1/rank``'s rule ranks the dev half in this
+process for each half-life of ``--half-lives-days``, the best one on dev is the stack's
+setting, and every figure in the table is the test half's. The default half-life (6 h,
+for a clickstream) is reported beside it on the same test users.
+
 Baselines in the same run, from the events sent, in this process: the market's own
 popularity (what ``region_counts`` reaches without decay), global popularity (all markets),
 random (seeded), and ``/v1/rank``'s own rule (``relevo.models.ranking``) on a context fed
 the same events here, which the API must agree with. Ties keep the candidates' order.
 
     python -m bench.ranking_xmarket [--limit N] [--users 8000] [--candidates 100] [--seed 0]
+                                    [--half-lives-days 0.25,1,7,30,90,180,365,730,3650]
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from bench import xmarket
 from bench.ranking_e2e import post_rank
 from bench.report import record, table
 from relevo.core.settings import SHARED_DATA, Settings
-from relevo.features.context import ContextState
+from relevo.features.context import POPULARITY_HALF_LIFE_S, ContextState
 from relevo.models.live import LiveModel
 from relevo.models.ranking import rank
 from relevo.models.registry import Registry
@@ -52,8 +59,8 @@ from relevo.streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 K = 10
-API, IN_PROCESS = "/v1/rank", "its rule, in process"
-METHODS = (API, IN_PROCESS, "market popularity", "global popularity", "random")
+API, IN_PROCESS, DEFAULT = "/v1/rank", "its rule, in process", "its rule, default 6 h half-life"
+METHODS = (API, IN_PROCESS, DEFAULT, "market popularity", "global popularity", "random")
 
 
 @dataclass(frozen=True)
@@ -106,22 +113,41 @@ def gains(place: int) -> tuple[float, float]:
     return (1.0 / math.log2(place + 2), 1.0) if place < K else (0.0, 0.0)
 
 
-def baselines(sent: Sequence[Event], found: Sequence[Case], now: int,
+def rule_places(sent: Sequence[Event], found: Sequence[Case], now: int, half_life_s: float
+                ) -> tuple[list[int], ContextState]:
+    """``/v1/rank``'s rule in this process, on a context with that half-life fed ``sent``: the
+    held-out item's place in each case's list."""
+    context, live = ContextState(half_life_s), LiveModel(Registry(tempfile.mkdtemp(prefix="relevo-xmarket-empty-")))
+    for event in sent:  # in date order
+        context.observe(event)
+    return [position(rank(live, context, shown(c, now), explain=0).scores, c.candidates.index(c.held))
+            for c in found], context
+
+
+def choose_half_life(sent: Sequence[Event], dev: Sequence[Case], now: int, days: Sequence[float]
+                     ) -> tuple[float, dict[float, float]]:
+    """The half-life (s) whose rule ranks the dev users best (nDCG@K), and each one's dev nDCG@K."""
+    scores = {}
+    for d in days:
+        scores[d] = statistics.fmean(gains(p)[0] for p in rule_places(sent, dev, now, d * 86_400)[0])
+        log.info("dev: half-life %g days -> nDCG@%d %.4f", d, K, scores[d])
+    return max(scores, key=scores.__getitem__) * 86_400, scores
+
+
+def baselines(sent: Sequence[Event], found: Sequence[Case], now: int, half_life_s: float,
               rng: random.Random) -> tuple[dict[str, list[int]], str]:
     """Per baseline, the held-out item's place in each case's list; and what the rule's decay forgot."""
     market, overall = Counter((e["region"], e["item_id"]) for e in sent), Counter(e["item_id"] for e in sent)
-    context, live = ContextState(), LiveModel(Registry(tempfile.mkdtemp(prefix="relevo-xmarket-empty-")))
-    for event in sent:  # in date order
-        context.observe(event)
     scorers: dict[str, Callable[[Case], list[float]]] = {
         "market popularity": lambda c: [market[c.market, i] for i in c.candidates],
         "global popularity": lambda c: [overall[i] for i in c.candidates],
         "random": lambda c: [rng.random() for _ in c.candidates],
-        IN_PROCESS: lambda c: rank(live, context, shown(c, now), explain=0).scores,
     }
     places = {name: [position(score(c), c.candidates.index(c.held)) for c in found]
               for name, score in scorers.items()}
-    return places, forgetting(context, found, now)
+    places[IN_PROCESS], context = rule_places(sent, found, now, half_life_s)
+    places[DEFAULT], default_context = rule_places(sent, found, now, POPULARITY_HALF_LIFE_S)
+    return places, forgetting(context, found, now) + "; with the default: " + forgetting(default_context, found, now)
 
 
 def forgetting(context: ContextState, found: Sequence[Case], now: int) -> str:
@@ -130,8 +156,7 @@ def forgetting(context: ContextState, found: Sequence[Case], now: int) -> str:
     half_life_ms = next(iter(context.regions.values())).popularity.half_life_ms
     underflow_days = half_life_ms * 1075 / 86_400_000  # 2 ** -1075 is 0 in a double
     return (f"held-out items whose decayed count in their market was 0 as of the last event: {zero:.1%} "
-            f"(the counts' half-life is {half_life_ms / 3_600_000:g} h: a rating {underflow_days:.0f} days old "
-            "counts 0)")
+            f"(half-life {half_life_ms / 3_600_000:g} h: a rating {underflow_days:.0f} days old counts 0)")
 
 
 def shown(case: Case, now: int) -> dict[str, Any]:
@@ -216,29 +241,37 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=100, help="list length: the held-out item and N-1 others")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=8, help="/v1/rank requests in flight")
+    parser.add_argument("--half-lives-days", default="0.25,1,7,30,90,180,365,730,3650",
+                        help="the popularity half-lives tried on the dev users")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     events = xmarket.events(SHARED_DATA / "xmarket")[: args.limit]
     sent, last = hold_out(events)
-    found = cases(events, sent, last, args.candidates, args.users, random.Random(args.seed))
+    sampled = cases(events, sent, last, args.candidates, args.users, random.Random(args.seed))
+    order = list(range(len(sampled)))
+    random.Random(args.seed + 2).shuffle(order)
+    dev, found = [sampled[n] for n in sorted(order[::2])], [sampled[n] for n in sorted(order[1::2])]
     now = sent[-1]["ts"]  # the replay's clock: every list is ranked as of its last event
+    half_life_s, dev_scores = choose_half_life(sent, dev, now, [float(d) for d in args.half_lives_days.split(",")])
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         settings = Settings(data_dir=Path(scratch), registry_dir=str(Path(scratch) / "models"), idle_s=1.0,
-                            rerank_depth=0, rate_limit_per_s=0, api_port=0)
+                            rerank_depth=0, rate_limit_per_s=0, api_port=0, popularity_half_life_s=half_life_s)
         with Runtime(settings, workers=1, api=True) as runtime:
             runtime.wait_workers_ready()
             api_places, ranker, ranking_s = asyncio.run(through_api(runtime, sent, found, now, args.concurrency))
     elapsed = time.monotonic() - started
-    baseline_places, decay_note = baselines(sent, found, now, random.Random(args.seed + 1))
+    baseline_places, decay_note = baselines(sent, found, now, half_life_s, random.Random(args.seed + 1))
     places = {API: api_places, **baseline_places}
     agree = sum(a == b for a, b in zip(places[API], places[IN_PROCESS], strict=True))
     headers = ["market (users)"] + [f"{m} {figure}" for m in METHODS for figure in (f"nDCG@{K}", f"HR@{K}")]
     notes = "\n".join([
         f"- {len(events):,} XMarket 5-core ratings; {len(sent):,} sent as purchases (region = market), "
-        f"each user's last rating per market held out; {len(found):,} users ranked, each over up to "
+        f"each user's last rating per market held out; {len(sampled):,} users sampled, split in a dev half "
+        f"(chooses the popularity half-life) and a test half (every figure here); {len(found):,} test users "
+        f"ranked, each over up to "
         f"{args.candidates} candidates (the held-out item and unrated items of the market, seed {args.seed}), "
         f"as of the replay's last event",
         f"- what ranked: {dict(ranker.served)}; answers before the user's history reached the API: {ranker.stale}; "
@@ -247,6 +280,9 @@ def main() -> None:
         f"at {args.concurrency} in flight; wall time {elapsed:.0f} s",
         "- baselines from the sent events: the market's own counts, counts over all markets, random (seeded); "
         "\"its rule, in process\" is relevo.models.ranking on a ContextState fed the same events; " + decay_note,
+        "- dev nDCG@10 of the rule by popularity half-life (days): "
+        + ", ".join(f"{d:g}: {s:.3f}" for d, s in dev_scores.items())
+        + f"; chosen: {half_life_s / 86_400:g} days (RELEVO_POPULARITY_HALF_LIFE_S={half_life_s:g})",
     ])
     record("Region localisation through the production path (XMarket -> Kafka -> worker -> /v1/rank)", None,
            table(headers, rows(found, places)), notes)
@@ -254,7 +290,8 @@ def main() -> None:
     hr = statistics.fmean(gains(p)[1] for p in places[API])
     print(f"RESULT ranking_xmarket ndcg10={overall[API]:.4f} hr10={hr:.4f} "
           f"pop_ndcg10={overall['global popularity']:.4f} market_pop_ndcg10={overall['market popularity']:.4f} "
-          f"random_ndcg10={overall['random']:.4f}")
+          f"random_ndcg10={overall['random']:.4f} default_half_life_ndcg10={overall[DEFAULT]:.4f} "
+          f"half_life_days={half_life_s / 86_400:g}")
 
 
 if __name__ == "__main__":

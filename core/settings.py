@@ -91,6 +91,9 @@ class Settings:
     suggest_min_support: float = _env_field("RELEVO_SUGGEST_MIN_SUPPORT", 1.5,
                                             "decayed distinct sessions before a query is suggested")
     registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
+    popularity_half_life_s: float = _env_field(
+        "RELEVO_POPULARITY_HALF_LIFE_S", 6 * 3600.0, "half-life of the per-region item counts the ranking context "
+        "keeps (popularity, click-through): hours for a busy clickstream, months for a slow catalog")
     examples_wait_s: float = _env_field("RELEVO_EXAMPLES_WAIT_S", 10.0,
                                         "event time a search waits for its clicks, carts and purchases")
     examples_batch_size: int = _env_field("RELEVO_EXAMPLES_BATCH_SIZE", 256, "labelled lists per training batch")

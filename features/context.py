@@ -33,6 +33,7 @@ from relevo.core.decay import factor, rate_per_ms
 
 # Relevance grade of each interaction kind; "shown only" is 0.
 GRADES = {"view": 1, "click": 2, "cart": 3, "purchase": 4}
+POPULARITY_HALF_LIFE_S = 6 * 3600.0  # per-region item counts: a clickstream's day moves them (a setting)
 
 FEATURES = (
     "position_inverse", "position_fraction", "price_rank", "price_vs_median",
@@ -176,7 +177,7 @@ def _rank_fraction(values: Sequence[float]) -> list[float]:
 class ContextState:
     """Session, user and popularity state, updated from the stream in event-time order."""
 
-    def __init__(self, popularity_half_life_s: float = 6 * 3600, freshness_s: float = 600,
+    def __init__(self, popularity_half_life_s: float = POPULARITY_HALF_LIFE_S, freshness_s: float = 600,
                  max_sessions: int = 100_000, max_users: int = 100_000, max_regions: int = 1_000,
                  max_items_per_region: int = 100_000) -> None:
         self.freshness_ms = freshness_s * 1000

@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from relevo.features.context import GRADES, ContextState
+from relevo.features.context import GRADES, POPULARITY_HALF_LIFE_S, ContextState
 from relevo.streams.events import Event
 from relevo.streams.regions import RegionPartition, region_partition
 
@@ -88,12 +88,13 @@ class ExamplesBuilder:
     name = "examples"
 
     def __init__(self, emit: Emit, *, wait_s: float = 10.0, join_window_s: float = 1800.0,
-                 batch_size: int = 256, batch_age_s: float = 5.0, remember_events: int = 100_000) -> None:
+                 batch_size: int = 256, batch_age_s: float = 5.0, remember_events: int = 100_000,
+                 popularity_half_life_s: float = POPULARITY_HALF_LIFE_S) -> None:
         self.emit = emit
         self.wait_ms = int(wait_s * 1000)
         self.join_window_ms = int(join_window_s * 1000)
         self.batch_size, self.batch_age_s, self.remember = batch_size, batch_age_s, remember_events
-        self.state = BuilderState()
+        self.state = BuilderState(ContextState(popularity_half_life_s))
         self._batch_started = time.monotonic()
 
     @property
@@ -188,8 +189,9 @@ class ExamplesContext:
 
     name = ExamplesBuilder.name  # takes the builder's snapshotted state
 
-    def __init__(self, remember_events: int = 100_000) -> None:
-        self.state, self.remember = BuilderState(), remember_events
+    def __init__(self, remember_events: int = 100_000, popularity_half_life_s: float = POPULARITY_HALF_LIFE_S
+                 ) -> None:
+        self.state, self.remember = BuilderState(ContextState(popularity_half_life_s)), remember_events
 
     def apply(self, events: Sequence[Event], horizon: float, reach: int) -> None:
         for event in _first_sight(self.state, events, self.remember):
@@ -202,15 +204,17 @@ class ExamplesContext:
 class RegionContexts:
     """A copy of every region partition's ranking context, kept by ``follow_regions``."""
 
-    def __init__(self, partitions: int, sources: Sequence[str], idle_ms: int = 5_000) -> None:
+    def __init__(self, partitions: int, sources: Sequence[str], idle_ms: int = 5_000,
+                 popularity_half_life_s: float = POPULARITY_HALF_LIFE_S) -> None:
         self.partitions, self.sources, self.idle_ms = partitions, list(sources), idle_ms
+        self.popularity_half_life_s = popularity_half_life_s
         self._contexts: dict[int, ExamplesContext] = {}
 
     def make_state(self, partition: int, dump: Any | None) -> RegionPartition:
-        follower = self._contexts[partition] = ExamplesContext()
+        follower = self._contexts[partition] = ExamplesContext(popularity_half_life_s=self.popularity_half_life_s)
         return RegionPartition(partition, [follower], self.sources, self.idle_ms, dump=dump)
 
     def for_region(self, region: str) -> ContextState:
         """The context that region's searches are ranked in (empty until its partition is followed)."""
         follower = self._contexts.get(region_partition(region, self.partitions))
-        return follower.state.context if follower else ContextState()
+        return follower.state.context if follower else ContextState(self.popularity_half_life_s)

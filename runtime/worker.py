@@ -86,6 +86,7 @@ def region_operators(settings: Settings, redis: aioredis.Redis, keys: Keys, outp
                                                cooldown_ms=settings.drift_cooldown_s * 1000))
             elif name == "examples":
                 operators.append(ExamplesBuilder(to_trainer, wait_s=settings.examples_wait_s,
+                                                 popularity_half_life_s=settings.popularity_half_life_s,
                                                  batch_size=settings.examples_batch_size,
                                                  batch_age_s=settings.examples_batch_age_s))
             elif name == "analytics":  # a search's outcome waits as long as its training example does

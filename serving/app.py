@@ -210,7 +210,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.alerts = AlertStore(state.redis, state.keys)
         state.models = LiveModel(Registry(registry_dir(settings)))
         # the learned ranker's view of sessions and regions: the workers' region partitions, followed
-        state.contexts = RegionContexts(settings.partitions, sources(settings), int(settings.idle_s * 1000))
+        state.contexts = RegionContexts(settings.partitions, sources(settings), int(settings.idle_s * 1000),
+                                        settings.popularity_half_life_s)
         state.suggest = SuggestService(state.redis, state.keys, SuggestConfig.from_settings(settings),
                                        features=state.store)
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
