@@ -11,6 +11,7 @@ for; the catalog is opened (re-indexed once, if need be) with that encoder.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -64,9 +65,9 @@ class CatalogConsumer:
     """Consumer of ``catalog.items`` records: upserts each batch (idempotent: an item
     replaces its earlier version) and saves at most every ``save_every_s`` seconds.
 
-    ``process`` returns the rejected items with their reasons, for the DLQ. It encodes
-    new titles in the calling thread: run it where searches are not served concurrently
-    from other threads.
+    ``process`` returns the rejected items with their reasons, for the DLQ. Upserts and
+    saves run in a thread, so encoding new titles never holds up the caller's event loop;
+    the catalog's lock keeps searches in other threads from reading a half-made change.
     """
 
     name = "catalog"
@@ -76,13 +77,13 @@ class CatalogConsumer:
         self._saved_at = time.monotonic()
 
     async def process(self, items: Sequence[object]) -> list[tuple[object, str]]:
-        rejected = self.catalog.upsert(items)
+        rejected = await asyncio.to_thread(self.catalog.upsert, items)
         if time.monotonic() - self._saved_at >= self.save_every_s:
             await self.close()
         return rejected
 
     async def close(self) -> None:
-        self.catalog.save(self.directory)
+        await asyncio.to_thread(self.catalog.save, self.directory)
         self._saved_at = time.monotonic()
 
 
