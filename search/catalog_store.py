@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from itertools import islice
 from pathlib import Path
 
@@ -89,9 +90,9 @@ class CatalogConsumer:
 
 def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,
                          reranker: Reranker | None = None, taxonomy: Path = TAXONOMY,
-                         fusion: Fusion | None = None) -> SearchService:
+                         fusion: Fusion | None = None, executor: Executor | None = None) -> SearchService:
     """A ``SearchService`` over ``catalog`` scored by ``fusion`` (default: the prior), with
-    intent from the taxonomy when it exists."""
+    intent from the taxonomy when it exists, searching in ``executor``'s threads."""
     intents = None
     if Path(taxonomy).exists():
         part = INTENT_PART if INTENT_PART in catalog.encoder.name.split("+") else None
@@ -101,7 +102,7 @@ def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None
     catalog.encoder.encode_queries(["warm up"])  # loads the model now, not on the first request (~2 s)
     retriever = HybridRetriever(catalog, fusion)
     return SearchService(catalog, QueryUnderstanding(catalog, intents, retriever=retriever), features=features,
-                         reranker=reranker, retriever=retriever)
+                         reranker=reranker, retriever=retriever, executor=executor)
 
 
 def _upsert_with_progress(catalog: CatalogIndexer, items: Iterable[object], batch: int = 512) -> tuple[int, int]:
