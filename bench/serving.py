@@ -241,7 +241,8 @@ def main() -> None:
                  "searches: 2-4 first words of real Amazon titles in their market over the 16k Amazon products; "
                  "one sequential keep-alive client; API = uvicorn, one process. Target p99 ≤ 2 ms.")
     mix_rows = [[route, clients[route], len(xs), percentile(xs, 0.5), percentile(xs, 0.99),
-                 percentile(without_search.get(route, []), 0.99), percentile(sequential[route], 0.99)]
+                 percentile(without_search[route], 0.99) if route in without_search else "–",
+                 percentile(sequential[route], 0.99)]
                 for route, xs in under_mix.items()]
     record("Serving latency under a mixed concurrent load (loopback)", None,
            table(["route", "clients", "n", "mixed p50 ms", "mixed p99 ms", "p99 ms, mix without searches",
