@@ -1,35 +1,46 @@
-"""Feature-serving latency over HTTP on loopback: one user + region vector per request.
+"""Serving latency over HTTP on loopback: feature reads alone, then beside searches and ingest.
 
-The Trivago slice is replayed through a worker first, so the features are real.
-Baselines in the same run: the same reads in-process straight from Redis (no
-HTTP), and ``GET /healthz`` (the HTTP stack with no work).
+The Trivago slice is replayed through a worker first, so the features are real, and
+the Amazon multilingual products are the search catalog. Baselines in the same run:
+the same reads in-process straight from Redis (no HTTP), and ``GET /healthz`` (the
+HTTP stack with no work). Then a mixed phase: concurrent searchers (real title
+words as queries), feature readers, an ingester posting small event batches and a
+``/healthz`` prober share the one API process, and each route's p99 under the mix
+stands beside its p99 in the same mix without the searchers and its sequential p99.
 
-    python -m bench.serving [--requests 3000]
+    python -m bench.serving [--requests 3000] [--mixed-searches 200] [--cpu-threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
 
 from bench.report import record, table
+from bench.search_latency import CACHE, queries
 from relevo.core.keys import Keys
-from relevo.core.settings import Settings
+from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.stats import percentile, read_counters
 from relevo.features.online import OnlineStore
 from relevo.runtime.processes import Runtime, first_key
+from relevo.search.catalog import load_amazon
+from relevo.search.catalog_store import load_items
 from relevo.streams.datasets import open_dataset
 from relevo.streams.producer import EventProducer
 
 log = logging.getLogger("bench.serving")
+AMAZON = SHARED_DATA / "amazon_multilingual" / "product_titles_by_market.tsv"
+INGEST_BATCH = 10  # events per POST /v1/events: a shop's small batches
 
 
 def timed(call, n: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -60,17 +71,97 @@ async def applied(redis_url: str) -> float:
     return counters.get("events_applied", 0) + counters.get("events_duplicate", 0)
 
 
+def load_catalog(data_dir: Path) -> list[dict]:
+    """Index the Amazon products into ``data_dir``'s catalog, with the benches' embedding cache
+    (linked, so the API's taxonomy labels are cached across runs too); the products."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (data_dir / "cache").mkdir(parents=True, exist_ok=True)
+    (data_dir / "cache" / "embeddings").symlink_to(CACHE.resolve(), target_is_directory=True)
+    items = load_amazon(AMAZON)
+    load_items(data_dir, items)
+    return items
+
+
+class Requests:
+    """The requests each route is timed with, the i-th of each in turn."""
+
+    def __init__(self, users: list[str], regions: list[str], searches: list[tuple[str, str, str]],
+                 events: list[dict]) -> None:
+        self.users, self.regions, self.searches, self.events = users, regions, searches, events
+        self._batches = itertools.count()
+
+    def features(self, i: int) -> dict:
+        return {"users": [self.users[i % len(self.users)]], "regions": [self.regions[i % len(self.regions)]]}
+
+    def search(self, i: int) -> dict:
+        query, region, locale = self.searches[i % len(self.searches)]
+        return {"q": query, "region": region, "locale": locale, "user_id": self.users[i % len(self.users)]}
+
+    def ingest(self) -> list[dict]:
+        """The next small batch of real events under fresh ids (so the worker applies them)."""
+        n = next(self._batches)
+        start = n * INGEST_BATCH % len(self.events)
+        return [{**e, "event_id": f"mixed-{n}-{e['event_id']}"} for e in self.events[start:start + INGEST_BATCH]]
+
+
+Route = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+
+def routes(requests: Requests) -> dict[str, Route]:
+    return {
+        "GET /healthz": lambda http, i: http.get("/healthz"),
+        "POST /v1/features/batch": lambda http, i: http.post("/v1/features/batch", json=requests.features(i)),
+        "GET /v1/search": lambda http, i: http.get("/v1/search", params=requests.search(i)),
+        "POST /v1/events": lambda http, i: http.post("/v1/events", json=requests.ingest()),
+    }
+
+
+async def mixed(api_url: str, headers: dict[str, dict[str, str]], clients: dict[str, int], route_of: dict[str, Route],
+                until: str, count: int) -> dict[str, list[float]]:
+    """Every route's latencies while ``clients[route]`` clients call it concurrently, each on its own
+    keep-alive connection; it ends when each client of ``until`` has sent ``count`` requests."""
+    done = asyncio.Event()
+    out: dict[str, list[float]] = {route: [] for route in clients}
+
+    async def client(route: str, n: int) -> None:
+        async with httpx.AsyncClient(base_url=api_url, headers=headers[route], timeout=60) as http:
+            for i in itertools.count():
+                if done.is_set() or (route == until and i >= count):
+                    return
+                start = time.perf_counter()
+                (await route_of[route](http, i * clients[route] + n)).raise_for_status()  # clients take turns
+                out[route].append((time.perf_counter() - start) * 1000)
+
+    leads = [asyncio.create_task(client(until, n)) for n in range(clients[until])]
+    others = [asyncio.create_task(client(route, n)) for route, k in clients.items() if route != until
+              for n in range(k)]
+    await asyncio.gather(*leads)
+    done.set()
+    await asyncio.gather(*others)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=3000, help="sequential requests per route (searches and "
+                                                                  "ingest batches: a tenth of it)")
+    parser.add_argument("--mixed-searches", type=int, default=200, help="searches per searcher in the mixed phase")
+    parser.add_argument("--searchers", type=int, default=2)
+    parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--cpu-threads", type=int, default=Settings().api_cpu_threads,
+                        help="the API's search threads (RELEVO_API_CPU_THREADS)")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     events = list(open_dataset("trivago"))
     users = [u for u, _ in Counter(e["user_id"] for e in events).most_common(200)]
     regions = [r for r, _ in Counter(e["region"] for e in events).most_common(20)]
     tmp = Path(tempfile.mkdtemp(prefix="relevo-serving-"))
-    with Runtime(Settings(data_dir=tmp, api_port=0, rate_limit_per_s=0), workers=1) as rt:  # latency, not the limiter
+    requests = Requests(users, regions, queries(load_catalog(tmp), 300), events)
+    settings = Settings(data_dir=tmp, api_port=0, rate_limit_per_s=0, api_cpu_threads=args.cpu_threads)
+    with Runtime(settings, workers=1) as rt:  # rate_limit_per_s=0: latency, not the limiter
         read_key = {"X-API-Key": first_key(rt.settings, "read")}
+        ingest_key = {"X-API-Key": first_key(rt.settings, "ingest")}
         rt.wait_workers_ready()
 
         async def load() -> None:
@@ -80,12 +171,15 @@ def main() -> None:
         while asyncio.run(applied(rt.settings.redis_url)) < len(events) - 10:
             time.sleep(0.5)
         # The API loads its search catalog in the background: measure once that work is done, not beside it.
-        with httpx.Client(base_url=rt.api_url, headers=read_key) as http:
-            deadline = time.monotonic() + 180
-            while http.get("/v1/search", params={"q": "x"}).status_code == 503 and time.monotonic() < deadline:
+        # (Its first search takes seconds on a busy machine: catalog statistics and category rows are built then.)
+        with httpx.Client(base_url=rt.api_url, headers=read_key, timeout=60) as http:
+            deadline = time.monotonic() + 300
+            while http.get("/v1/search", params={"q": "x"}).status_code == 503:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the API did not load its search catalog in 300 s")
                 time.sleep(1)
         time.sleep(5)  # the worker's last commits and the API's event follower settle
-        log.info("features loaded, API idle; measuring")
+        log.info("features and catalog loaded, API idle; measuring")
 
         async def in_process() -> list[float]:
             r = aioredis.Redis.from_url(rt.settings.redis_url)
@@ -99,31 +193,71 @@ def main() -> None:
             return out
         direct = asyncio.run(in_process())
 
-        with httpx.Client(base_url=rt.api_url, headers=read_key) as http:
+        with httpx.Client(base_url=rt.api_url, headers=read_key, timeout=60) as http:
             def health(i: int) -> None:
                 http.get("/healthz").raise_for_status()
 
             def vector(i: int) -> None:
-                http.post("/v1/features/batch", json={"users": [users[i % len(users)]],
-                                                      "regions": [regions[i % len(regions)]]}).raise_for_status()
+                http.post("/v1/features/batch", json=requests.features(i)).raise_for_status()
 
             def user_only(i: int) -> None:
                 http.get(f"/v1/features/users/{users[i % len(users)]}").raise_for_status()
+
+            def search(i: int) -> None:
+                http.get("/v1/search", params=requests.search(i)).raise_for_status()
+
+            def ingest(i: int) -> None:
+                http.post("/v1/events", json=requests.ingest(), headers=ingest_key).raise_for_status()
             timed(vector, 200)
+            timed(search, 20)
             floor = timed(health, args.requests)
             over_http = timed(vector, args.requests)
             single = timed(user_only, args.requests)
+            searched = timed(search, args.requests // 10)
+            ingested = timed(ingest, args.requests // 10)
+        sequential = {"GET /healthz": floor, "POST /v1/features/batch": over_http, "GET /v1/search": searched,
+                      "POST /v1/events": ingested}
+        clients = {"GET /v1/search": args.searchers, "POST /v1/features/batch": args.readers, "POST /v1/events": 1,
+                   "GET /healthz": 1}
+        headers = {route: ingest_key if route == "POST /v1/events" else read_key for route in clients}
+        quiet = {route: n for route, n in clients.items() if route != "GET /v1/search"}
+        log.info("the mix without searches: %s", quiet)
+        without_search = asyncio.run(mixed(rt.api_url, headers, quiet, routes(requests), "POST /v1/features/batch",
+                                           2 * args.mixed_searches))
+        log.info("the mix: %s", clients)
+        under_mix = asyncio.run(mixed(rt.api_url, headers, clients, routes(requests), "GET /v1/search",
+                                      args.mixed_searches))
 
     rows = [[name, len(xs), percentile(xs, 0.5), percentile(xs, 0.99)] for name, xs in [
         ("GET /healthz over HTTP (baseline: HTTP floor)", floor),
         ("user + region read in-process from Redis (baseline)", direct),
         ("POST /v1/features/batch, one user + one region", over_http),
         ("GET /v1/features/users/{id}", single),
+        ("GET /v1/search, a user, region and locale, k=20", searched),
+        (f"POST /v1/events, {INGEST_BATCH} events", ingested),
     ]]
     record("Feature serving latency over HTTP (loopback)", None, table(["request", "n", "p50 ms", "p99 ms"], rows),
            notes="Features from the full Trivago replay; the 200 busiest users and 20 busiest regions in turn; "
+                 "searches: 2-4 first words of real Amazon titles in their market over the 16k Amazon products; "
                  "one sequential keep-alive client; API = uvicorn, one process. Target p99 ≤ 2 ms.")
-    print(f"RESULT serving p99_ms={percentile(over_http, 0.99):.2f} healthz_p99_ms={percentile(floor, 0.99):.2f}")
+    mix_rows = [[route, clients[route], len(xs), percentile(xs, 0.5), percentile(xs, 0.99),
+                 percentile(without_search[route], 0.99) if route in without_search else "–",
+                 percentile(sequential[route], 0.99)]
+                for route, xs in under_mix.items()]
+    record("Serving latency under a mixed concurrent load (loopback)", None,
+           table(["route", "clients", "n", "mixed p50 ms", "mixed p99 ms", "p99 ms, mix without searches",
+                  "sequential p99 ms"], mix_rows),
+           notes=f"All clients at once on one API process ({args.cpu_threads} search threads), each on its own "
+                 f"keep-alive connection, until each searcher has sent {args.mixed_searches} searches; the same mix "
+                 f"without the searchers until each reader has sent {2 * args.mixed_searches} reads, and the "
+                 f"sequential p99, from the same run. Ingest batches of {INGEST_BATCH} real Trivago events under "
+                 f"fresh ids, applied by the worker.")
+    mix = {route: percentile(xs, 0.99) for route, xs in under_mix.items()}
+    print(f"RESULT serving p99_ms={percentile(over_http, 0.99):.2f} healthz_p99_ms={percentile(floor, 0.99):.2f} "
+          f"search_p99_ms={percentile(searched, 0.99):.2f} mixed_feature_p99_ms={mix['POST /v1/features/batch']:.2f} "
+          f"mixed_search_p99_ms={mix['GET /v1/search']:.2f} mixed_ingest_p99_ms={mix['POST /v1/events']:.2f} "
+          f"mixed_healthz_p99_ms={mix['GET /healthz']:.2f} "
+          f"quiet_mix_feature_p99_ms={percentile(without_search['POST /v1/features/batch'], 0.99):.2f}")
 
 
 if __name__ == "__main__":

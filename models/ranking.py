@@ -1,11 +1,14 @@
 """Rank a caller's list: the serving model on the examples builder's own features, else a fallback.
 
-``rank(live, context, shown)`` orders ``shown["results"]`` (a search as the event
+``rank(serving, features, shown)`` orders ``shown["results"]`` (a search as the event
 contract writes it: ``ts``, ``user_id``, ``session_id``, ``region``, optional ``prices``)
-with the features ``ContextState.features`` computes, the one rule the examples builder
-snapshots for training, so the model scores exactly what it learned from. Each item gets
-an explanation: with a model, the features whose removal (set to 0) would change its score
-most; without one, the signals the fallback ordered by. The fallbacks, strongest first:
+with the serving model (``LiveModel.serving``, None before the first version) on the
+features ``ContextState.features`` computes for ``shown``, the one rule the examples builder
+snapshots for training, so the model scores exactly what it learned from. It reads
+neither the context nor the live model, so a server computes the features where its
+context changes and ranks in another thread. Each item gets an explanation: with a
+model, the features whose removal (set to 0) would change its score most; without one,
+the signals the fallback ordered by. The fallbacks, strongest first:
 
 - ``session_rule``: items the session touched come first, most recent first;
 - ``region_counts``: the rest by the region's decayed per-item interactions (any item the
@@ -14,13 +17,17 @@ most; without one, the signals the fallback ordered by. The fallbacks, strongest
 
 >>> from relevo.models.registry import Registry
 >>> import tempfile
+>>> from relevo.features.context import ContextState
+>>> from relevo.models.live import LiveModel
 >>> state, live = ContextState(), LiveModel(Registry(tempfile.mkdtemp()))
 >>> base = {"ts": 2_000, "session_id": "s", "user_id": "u", "region": "FR"}
 >>> state.observe({**base, "type": "click", "ts": 1_000, "item_id": "c", "kind": "click"})
->>> rank(live, state, {**base, "results": ["a", "b", "c"]}).fallback
+>>> shown = {**base, "results": ["a", "b", "c"]}
+>>> rank(live.serving, state.features(shown), shown).fallback
 'session_rule'
 >>> state.observe({**base, "type": "click", "ts": 1_000, "session_id": "t", "item_id": "b", "kind": "click"})
->>> ranked = rank(live, state, {**base, "session_id": "new", "results": ["a", "b", "c"]})
+>>> shown = {**base, "session_id": "new", "results": ["a", "b", "c"]}
+>>> ranked = rank(live.serving, state.features(shown), shown)
 >>> ranked.fallback, ranked.order  # b and c were clicked in FR: the region's counts rank them first
 ('region_counts', [1, 2, 0])
 """
@@ -32,8 +39,8 @@ from typing import Any
 
 import torch
 
-from relevo.features.context import FEATURES, RULE, ContextState
-from relevo.models.live import LiveModel
+from relevo.features.context import FEATURES, RULE
+from relevo.models.live import Loaded
 from relevo.models.ranker import Batch, Ranker, collate
 
 TOUCHED, POPULARITY, IMPRESSIONS = (FEATURES.index(name) for name in
@@ -51,10 +58,9 @@ class Ranked:
     fallback: str | None
 
 
-def rank(live: LiveModel, context: ContextState, shown: dict[str, Any], explain: int = 3) -> Ranked:
-    """``shown``'s results ranked for its session and region, with ``explain`` reasons per item."""
-    features = context.features(shown)
-    serving = live.serving
+def rank(serving: Loaded | None, features: list[list[float]], shown: dict[str, Any], explain: int = 3) -> Ranked:
+    """``shown``'s results ranked by ``serving`` on their ``features`` (one row each), with ``explain``
+    reasons per item; the fallback when no model serves."""
     if serving is None:
         return _fallback(features)
     example = {**shown, "items": shown["results"], "features": features}

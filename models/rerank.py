@@ -18,7 +18,8 @@ Before any version is published the first stage's order stands.
 >>> reranker = LearnedReranker(live, lambda region: state)
 >>> first = [{"item_id": "a", "price": 30.0, "explanation": {}}, {"item_id": "b", "price": 20.0, "explanation": {}}]
 >>> search = {"ts": 2_000, "session_id": "s", "user_id": "u", "region": "FR"}
->>> [r["item_id"] for r in reranker.rerank(first, search)]  # no model yet: the first stage's order
+>>> import asyncio
+>>> [r["item_id"] for r in asyncio.run(reranker.rerank(first, search))]  # no model yet: the first stage's order
 ['a', 'b']
 >>> _ = registry.publish(Ranker(RankerConfig(item_buckets=16, user_buckets=4, region_buckets=4)),
 ...                      parent=None, window=(0, 1), figures={})
@@ -26,15 +27,17 @@ Before any version is published the first stage's order stands.
 True
 >>> state.observe({"type": "click", "ts": 1_000, "session_id": "s", "user_id": "u", "region": "FR",
 ...                "item_id": "b", "kind": "view"})
->>> reranked = reranker.rerank(first, search)
+>>> reranked = asyncio.run(reranker.rerank(first, search))
 >>> [r["item_id"] for r in reranked], sorted(reranked[0]["explanation"]["learned"])
 (['b', 'a'], ['first_stage_position', 'model_version', 'score'])
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from relevo.features.context import ContextState
@@ -42,12 +45,17 @@ from relevo.models.live import LiveModel
 
 
 class LearnedReranker:
-    """Orders the top ``depth`` first-stage results by the serving model's scores."""
+    """Orders the top ``depth`` first-stage results by the serving model's scores.
 
-    def __init__(self, live: LiveModel, contexts: Callable[[str], ContextState], depth: int = 50) -> None:
-        self.live, self.contexts, self.depth = live, contexts, depth
+    The features are read on the calling event loop, where the region contexts change;
+    the model scores in ``executor``'s threads (None: the loop's default executor).
+    """
 
-    def rerank(self, results: list[dict[str, Any]], search: dict[str, Any]) -> list[dict[str, Any]]:
+    def __init__(self, live: LiveModel, contexts: Callable[[str], ContextState], depth: int = 50,
+                 executor: Executor | None = None) -> None:
+        self.live, self.contexts, self.depth, self.executor = live, contexts, depth, executor
+
+    async def rerank(self, results: list[dict[str, Any]], search: dict[str, Any]) -> list[dict[str, Any]]:
         """``results`` (dicts with ``item_id``, ``price``, ``explanation``), best first, re-ordered.
 
         ``search`` carries ``session_id``, ``user_id`` and ``region`` (``ts`` defaults to now).
@@ -60,8 +68,9 @@ class LearnedReranker:
         shown = {"ts": int(time.time() * 1000), "device": "", "filters": None, **search,
                  "results": [r["item_id"] for r in head],
                  "prices": [r.get("price") or 0.0 for r in head]}
-        scores = serving.model.scores({**shown, "items": shown["results"],
-                                       "features": self.contexts(shown["region"]).features(shown)}).tolist()
+        example = {**shown, "items": shown["results"], "features": self.contexts(shown["region"]).features(shown)}
+        scores = (await asyncio.get_running_loop().run_in_executor(self.executor, serving.model.scores,
+                                                                   example)).tolist()
         for position, (result, score) in enumerate(zip(head, scores, strict=True)):
             result["explanation"] = {**result.get("explanation", {}), "learned": {
                 "model_version": serving.version, "score": round(score, 4), "first_stage_position": position}}

@@ -11,9 +11,11 @@ for; the catalog is opened (re-indexed once, if need be) with that encoder.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from itertools import islice
 from pathlib import Path
 
@@ -64,9 +66,9 @@ class CatalogConsumer:
     """Consumer of ``catalog.items`` records: upserts each batch (idempotent: an item
     replaces its earlier version) and saves at most every ``save_every_s`` seconds.
 
-    ``process`` returns the rejected items with their reasons, for the DLQ. It encodes
-    new titles in the calling thread: run it where searches are not served concurrently
-    from other threads.
+    ``process`` returns the rejected items with their reasons, for the DLQ. Upserts and
+    saves run in a thread, so encoding new titles never holds up the caller's event loop;
+    the catalog's lock keeps searches in other threads from reading a half-made change.
     """
 
     name = "catalog"
@@ -76,21 +78,21 @@ class CatalogConsumer:
         self._saved_at = time.monotonic()
 
     async def process(self, items: Sequence[object]) -> list[tuple[object, str]]:
-        rejected = self.catalog.upsert(items)
+        rejected = await asyncio.to_thread(self.catalog.upsert, items)
         if time.monotonic() - self._saved_at >= self.save_every_s:
             await self.close()
         return rejected
 
     async def close(self) -> None:
-        self.catalog.save(self.directory)
+        await asyncio.to_thread(self.catalog.save, self.directory)
         self._saved_at = time.monotonic()
 
 
 def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None = None,
                          reranker: Reranker | None = None, taxonomy: Path = TAXONOMY,
-                         fusion: Fusion | None = None) -> SearchService:
+                         fusion: Fusion | None = None, executor: Executor | None = None) -> SearchService:
     """A ``SearchService`` over ``catalog`` scored by ``fusion`` (default: the prior), with
-    intent from the taxonomy when it exists."""
+    intent from the taxonomy when it exists, searching in ``executor``'s threads."""
     intents = None
     if Path(taxonomy).exists():
         part = INTENT_PART if INTENT_PART in catalog.encoder.name.split("+") else None
@@ -100,7 +102,7 @@ def build_search_service(catalog: CatalogIndexer, features: FeatureSource | None
     catalog.encoder.encode_queries(["warm up"])  # loads the model now, not on the first request (~2 s)
     retriever = HybridRetriever(catalog, fusion)
     return SearchService(catalog, QueryUnderstanding(catalog, intents, retriever=retriever), features=features,
-                         reranker=reranker, retriever=retriever)
+                         reranker=reranker, retriever=retriever, executor=executor)
 
 
 def _upsert_with_progress(catalog: CatalogIndexer, items: Iterable[object], batch: int = 512) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -296,7 +297,8 @@ class CachedEncoder(TextEncoder):
 
     Each batch of new texts is appended as its own shard file (cost proportional to the
     new texts, not the cache), and many shards are merged into one when the cache opens.
-    Wrap each base encoder (not a fused one) so fusions share the parts' caches.
+    Wrap each base encoder (not a fused one) so fusions share the parts' caches. Threads
+    may share one: a lock keeps the cache and its shard numbers whole.
     """
 
     def __init__(self, encoder: TextEncoder, directory: Path | str, batch_size: int = 256,
@@ -311,6 +313,7 @@ class CachedEncoder(TextEncoder):
         self._keys = [row.tobytes() for d in loaded for row in d["keys"]]  # digest of each row's text
         self._rows = {key: row for row, key in enumerate(self._keys)}
         self._next_shard = int(shards[-1].stem) + 1 if shards else 0
+        self._lock = threading.Lock()
         if len(shards) > max_shards:
             self._write(self._keys, self._vectors)
             for shard in shards:
@@ -325,17 +328,18 @@ class CachedEncoder(TextEncoder):
 
     def _items(self, texts: list[str]) -> np.ndarray:
         keys = [self._key(t) for t in texts]
-        missing = list({k: t for k, t in zip(keys, texts, strict=True) if k not in self._rows}.items())
-        if missing:
-            log.info("encoding %d new texts with %s", len(missing), self.encoder.name)
-            fresh = np.vstack([self.encoder.encode_items([t for _, t in missing[i:i + self._batch_size]])
-                               for i in range(0, len(missing), self._batch_size)])
-            self._write([k for k, _ in missing], fresh)
-            start = len(self._vectors)
-            self._vectors = np.vstack([self._vectors, fresh])
-            self._keys.extend(k for k, _ in missing)
-            self._rows.update({k: start + i for i, (k, _) in enumerate(missing)})
-        return self._vectors[[self._rows[k] for k in keys]]
+        with self._lock:
+            missing = list({k: t for k, t in zip(keys, texts, strict=True) if k not in self._rows}.items())
+            if missing:
+                log.info("encoding %d new texts with %s", len(missing), self.encoder.name)
+                fresh = np.vstack([self.encoder.encode_items([t for _, t in missing[i:i + self._batch_size]])
+                                   for i in range(0, len(missing), self._batch_size)])
+                self._write([k for k, _ in missing], fresh)
+                start = len(self._vectors)
+                self._vectors = np.vstack([self._vectors, fresh])
+                self._keys.extend(k for k, _ in missing)
+                self._rows.update({k: start + i for i, (k, _) in enumerate(missing)})
+            return self._vectors[[self._rows[k] for k in keys]]
 
     def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ dense part's cosine, BM25, shared codes), weighted for the query (see ``relevo.s
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,11 @@ def split_row_key(key: str) -> tuple[str, str]:
 
 
 class CatalogIndexer:
-    """Items by id, plus a vector and a BM25 row for each of their titles."""
+    """Items by id, plus a vector and a BM25 row for each of their titles.
+
+    Changes hold ``lock`` (new titles are encoded before it is taken); readers in other
+    threads (``relevo.search.service``'s searches) hold it while they read the indexes.
+    """
 
     def __init__(self, encoder: TextEncoder, ann_threshold: int = 50_000) -> None:
         self.encoder = encoder
@@ -55,6 +60,7 @@ class CatalogIndexer:
         self.vectors = VectorIndex(encoder.dim, ann_threshold=ann_threshold)
         self.lexical = BM25Index()
         self.version = 0  # bumped on every change, so derived views know to refresh
+        self.lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -84,30 +90,34 @@ class CatalogIndexer:
     def _index(self, items: list[dict]) -> None:
         if not items:
             return
-        self.remove([item["item_id"] for item in items])
         keys = [row_key(item["item_id"], loc) for item in items for loc in item["titles"]]
         texts = [title for item in items for title in item["titles"].values()]
-        self.vectors.upsert(keys, self.encoder.encode_items(texts))
-        self.lexical.upsert(keys, texts)
-        self.items.update((item["item_id"], item) for item in items)
-        self.version += 1
+        vectors = self.encoder.encode_items(texts)
+        with self.lock:
+            self.remove([item["item_id"] for item in items])
+            self.vectors.upsert(keys, vectors)
+            self.lexical.upsert(keys, texts)
+            self.items.update((item["item_id"], item) for item in items)
+            self.version += 1
 
     def remove(self, item_ids: Iterable[str]) -> None:
         item_ids = list(item_ids)
-        keys = [row_key(i, loc) for i in item_ids if i in self.items for loc in self.items[i]["titles"]]
-        self.vectors.remove(keys)
-        self.lexical.remove(keys)
-        for item_id in item_ids:
-            self.items.pop(item_id, None)
-        self.version += 1
+        with self.lock:
+            keys = [row_key(i, loc) for i in item_ids if i in self.items for loc in self.items[i]["titles"]]
+            self.vectors.remove(keys)
+            self.lexical.remove(keys)
+            for item_id in item_ids:
+                self.items.pop(item_id, None)
+            self.version += 1
 
     def save(self, directory: Path | str) -> None:
         """Items and vectors to ``directory`` (the BM25 index is rebuilt on open: no encoding)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.vectors.save(directory / "vectors")
         tmp = directory / "items.jsonl.tmp"
-        tmp.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in self.items.values()))
+        with self.lock:  # saving compacts the vectors
+            self.vectors.save(directory / "vectors")
+            tmp.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in self.items.values()))
         tmp.replace(directory / "items.jsonl")
         (directory / "encoder.json").write_bytes(orjson.dumps({"name": self.encoder.name}))
         log.info("saved %d items to %s", len(self.items), directory)

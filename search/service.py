@@ -18,9 +18,11 @@ score to each explanation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,11 +39,12 @@ FeatureSource = Callable[[str | None, str | None], Awaitable[tuple[dict | None, 
 
 
 class Reranker(Protocol):
-    """A second stage: re-orders the first ranker's top ``depth`` results for a user and session."""
+    """A second stage: re-orders the first ranker's top ``depth`` results for a user and session.
+    Awaited on the event loop; it runs its own CPU work off the loop."""
 
     depth: int
 
-    def rerank(self, results: list[dict[str, Any]], search: dict[str, Any]) -> list[dict[str, Any]]:
+    async def rerank(self, results: list[dict[str, Any]], search: dict[str, Any]) -> list[dict[str, Any]]:
         """``results`` (``item_id``, ``price``, ``explanation``), best first, re-ordered."""
         ...
 
@@ -94,13 +97,22 @@ class SearchService:
     ``features(user_id, region)`` is an optional async callable returning the live
     (user dict | None, region dict | None) from the online store. Pass the same
     ``retriever`` to the ``understanding`` so intent sees what search retrieves.
+
+    The CPU work of a search (encoding the query, retrieval, understanding, the first
+    ranker) runs in ``executor``'s threads (None: the loop's default executor), so the
+    event loop answers other requests meanwhile: numpy and the encoders release the GIL
+    in their kernels, and Python code shares it at the interpreter's switch interval.
+    The encoder's weights are only read; the indexes and items are read under
+    ``catalog.lock``, which every catalog change holds. The re-ranker is called from the
+    loop: the region contexts it reads change on the loop, under no lock.
     """
 
     def __init__(self, catalog: CatalogIndexer, understanding: QueryUnderstanding | None = None,
                  ranker: FirstRanker | None = None, features: FeatureSource | None = None,
                  translator: Translator | None = None, retriever: HybridRetriever | None = None,
-                 reranker: Reranker | None = None) -> None:
+                 reranker: Reranker | None = None, executor: Executor | None = None) -> None:
         self.catalog = catalog
+        self.executor = executor
         self.reranker = reranker  # the learned second stage; None: the first ranker's order stands
         self.retriever = retriever or HybridRetriever(catalog)
         self.understanding = understanding or QueryUnderstanding(catalog, retriever=self.retriever)
@@ -118,8 +130,12 @@ class SearchService:
         return {"encoder": self.catalog.encoder.name, "query_towers": self.catalog.encoder.query_towers,
                 "fusion": fusion.about.get("kind", "fit")}
 
-    def understand(self, query: str, locale: str | None = None) -> dict:
-        with self._blas.limit(limits=1, user_api="blas"):
+    async def understand(self, query: str, locale: str | None = None) -> dict:
+        """Language, intent and entities of ``query`` (in a search thread, like ``search``)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._understand, query, locale)
+
+    def _understand(self, query: str, locale: str | None) -> dict:
+        with self._blas.limit(limits=1, user_api="blas"), self.catalog.lock:
             return self.understanding.understand(query, locale)
 
     def context(self, user: dict | None, region_features: dict | None, locale: str | None) -> dict:
@@ -157,30 +173,39 @@ class SearchService:
         started = time.perf_counter()
         region = region.upper() if region else None
         user, region_features = (await self.features(user_id, region)) if self.features else (None, None)
-        context = self.context(user, region_features, locale)
+        loop = asyncio.get_running_loop()
+        head, items, understanding, locale = await loop.run_in_executor(
+            self.executor, self._first_stage, query, user, region_features, region, locale, k)
+        if self.reranker is not None:  # from the loop: it reads the region contexts the loop's follower updates
+            head = await self.reranker.rerank(head, {"session_id": session_id or user_id or "",
+                                                     "user_id": user_id or "", "region": region or ""})
+        results = []
+        for result in head[:k]:
+            item = items[result["item_id"]]
+            results.append({"item_id": item["item_id"], **localized_title(item["titles"], locale, self.translator),
+                            "category": item["category"], "brand": item["brand"], **result})
+        return {"query": query, "region": region, "locale": locale, "user_id": user_id,
+                "understanding": understanding, "results": results, "retrieval": self.retrieval,
+                "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    def _first_stage(self, query: str, user: dict | None, region_features: dict | None, region: str | None,
+                     locale: str | None, k: int) -> tuple[list[dict[str, Any]], dict[str, dict], dict, str | None]:
+        """In a search thread: the first ranker's top results for ``query`` (as many as the re-ranker
+        reads), the items they name, the query's understanding and the locale shown."""
         with self._blas.limit(limits=1, user_api="blas"):
-            query_vector = self.catalog.encoder.encode_queries([query])[0]
-            hits = self._candidates(query, query_vector, region, k)
-            understanding = self.understanding.understand(query, locale, query_vector, list(hits.values()))
+            query_vector = self.catalog.encoder.encode_queries([query])[0]  # read-only model: no lock
+            with self.catalog.lock:
+                context = self.context(user, region_features, locale)
+                hits = self._candidates(query, query_vector, region, k)
+                understanding = self.understanding.understand(query, locale, query_vector, list(hits.values()))
+                items = {item_id: self.catalog.items[item_id] for item_id in hits}
         ranked = []
         for item_id, hit in hits.items():
-            item = self.catalog.items[item_id]
             query_features = {"text": hit.score, "dense": hit.dense, "lexical": hit.lexical}
-            score, why = self.ranker.score(query_features, item, context)
-            ranked.append((score, item, why))
+            score, why = self.ranker.score(query_features, items[item_id], context)
+            ranked.append((score, items[item_id], why))
         ranked.sort(key=lambda r: (-r[0], r[1]["item_id"]))
         depth = max(k, self.reranker.depth) if self.reranker else k
         head = [{"item_id": item["item_id"], "price": price_for(item, region), "score": round(score, 4),
                  "explanation": why} for score, item, why in ranked[:depth]]
-        if self.reranker is not None:
-            head = self.reranker.rerank(head, {"session_id": session_id or user_id or "",
-                                               "user_id": user_id or "", "region": region or ""})
-        results = []
-        for result in head[:k]:
-            item = self.catalog.items[result["item_id"]]
-            results.append({"item_id": item["item_id"], **localized_title(item["titles"], context["locale"],
-                                                                          self.translator),
-                            "category": item["category"], "brand": item["brand"], **result})
-        return {"query": query, "region": region, "locale": context["locale"], "user_id": user_id,
-                "understanding": understanding, "results": results, "retrieval": self.retrieval,
-                "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return head, items, understanding, context["locale"]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -104,16 +105,17 @@ class LagMonitor:
 
 
 def load_search(settings: Settings, features: FeatureSource | None = None, reranker: Reranker | None = None,
-                taxonomy: Path = TAXONOMY) -> SearchService:
+                taxonomy: Path = TAXONOMY, executor: Executor | None = None) -> SearchService:
     """The search service over the catalog under the data dir, scored by the search tuning
-    published there (and its query tower), else by the prior fusion. Blocking: tens of seconds."""
+    published there (and its query tower), else by the prior fusion, searching in ``executor``'s
+    threads. Blocking: tens of seconds."""
     catalog, published = open_catalog(settings.data_dir), tuning_dir(settings.data_dir)
     fusion = None
     if (published / FUSION_FILE).exists():  # transformers (~10 s to import) only for a published tower
         from relevo.models.query_tuning import attach_published
 
         fusion = attach_published(catalog, published, settings.cache_dir)
-    return build_search_service(catalog, features, reranker, taxonomy, fusion=fusion)
+    return build_search_service(catalog, features, reranker, taxonomy, fusion=fusion, executor=executor)
 
 
 async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> None:
@@ -125,9 +127,9 @@ async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> 
         return user, await state.store.region(region) if region else None
 
     if state.search is None:  # a restarted follower keeps the catalog it loaded
-        reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth)
+        reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth, state.cpu)
                     if settings.rerank_depth else None)
-        state.search = await asyncio.to_thread(load_search, settings, features, reranker)
+        state.search = await asyncio.to_thread(load_search, settings, features, reranker, TAXONOMY, state.cpu)
         state.catalog = state.search.catalog
         log.info("search ready over %d items", len(state.catalog))
     await follow_catalog(CatalogConsumer(state.catalog, catalog_dir(settings.data_dir)), settings,
@@ -215,6 +217,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.suggest = SuggestService(state.redis, state.keys, SuggestConfig.from_settings(settings),
                                        features=state.store)
         state.search = None  # 503 until the catalog and its encoder are loaded, in the background
+        # Searches and rankings compute here, so the event loop answers other requests meanwhile.
+        state.cpu = ThreadPoolExecutor(settings.api_cpu_threads, thread_name_prefix="relevo-cpu")
         state.console = console.History(lambda: read_counters(state.redis, state.keys), lambda: state.lag.latest,
                                         state.http_metrics)
         await state.ingest.start()
@@ -236,6 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
             await followers.stop()
             await state.ingest.stop()
             await state.redis.aclose()
+            state.cpu.shutdown(cancel_futures=True)
 
     app = FastAPIOffline(title="Relevo", version=__version__, lifespan=lifespan,
                          description="Streaming personalization for e-commerce search. The operator's console "

@@ -114,7 +114,10 @@ async def rank_candidates(body: RankRequest, request: Request) -> RankResponse:
                                 items=[c.item_id for c in candidates], prices=[c.price for c in candidates],
                                 model_version=None, device=body.device, filters=body.filters)
     context, caught_up = await _context(request, shown["region"], session_id, body.after_ts)
-    ranked = rank(request.app.state.models, context, shown, body.explain)
+    state = request.app.state
+    features = context.features(shown)  # here: the context changes on this event loop, under no lock
+    ranked = await asyncio.get_running_loop().run_in_executor(state.cpu, rank, state.models.serving, features, shown,
+                                                              body.explain)  # the model's scoring, off the loop
     if ranked.version is not None:
         shown["model_version"] = ranked.version
     if body.record:

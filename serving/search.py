@@ -83,4 +83,4 @@ async def understand(request: Request, q: str = Query(..., max_length=MAX_QUERY_
                      locale: str | None = Query(None)) -> dict:
     """Language, intent categories and entities of ``q``."""
     query, _, locale = _check(q, None, locale)
-    return _service(request).understand(query, locale)
+    return await _service(request).understand(query, locale)

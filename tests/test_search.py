@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -177,12 +179,12 @@ def _no_items(encoder: UseEncoder) -> UseEncoder:
 def test_query_understanding(catalog, shared_data):
     taxonomy = read_taxonomy(shared_data / "google_taxonomy/google_taxonomy_parallel.tsv", max_depth=1)
     service = SearchService(catalog, QueryUnderstanding(catalog, IntentClassifier(taxonomy, catalog.encoder)))
-    out = service.understand("Acme Wasserkocher für die Küche 1,7 l")
+    out = asyncio.run(service.understand("Acme Wasserkocher für die Küche 1,7 l"))
     assert out["language"]["code"] == "de"
     assert out["entities"]["brands"] == ["Acme"]
     assert {"type": "quantity", "text": "1,7 l"} in out["entities"]["attributes"]
-    assert service.understand("Hundefutter")["intent"][0]["path"] == "Animals & Pet Supplies"
-    assert service.understand("おもちゃ")["language"]["code"] == "ja"
+    assert asyncio.run(service.understand("Hundefutter"))["intent"][0]["path"] == "Animals & Pet Supplies"
+    assert asyncio.run(service.understand("おもちゃ"))["language"]["code"] == "ja"
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +231,26 @@ def test_http_search_and_understand(client):
     assert served["region"] == "DE" and served["locale"] == "de-AT" and served["session_id"] == body["search_id"]
     assert body["understanding"]["language"]["code"] == "zh"
     assert client.get("/v1/query/understand", params={"q": "Acme kettle"}).json()["entities"]["brands"] == ["Acme"]
+
+
+def test_http_a_search_in_flight_leaves_the_event_loop_to_other_requests(client, monkeypatch):
+    encoder, encoding, release = client.app.state.search.catalog.encoder, threading.Event(), threading.Event()
+    encode = encoder.encode_queries
+
+    def slow_encode(texts):
+        encoding.set()
+        release.wait(30)  # a search that is still encoding its query
+        return encode(texts)
+    monkeypatch.setattr(encoder, "encode_queries", slow_encode)
+    with ThreadPoolExecutor(1) as pool:
+        searching = pool.submit(client.get, "/v1/search", params={"q": "kettle"})
+        try:
+            assert encoding.wait(30)
+            assert client.get("/openapi.json").status_code == 200  # answered by the loop meanwhile
+            assert not searching.done()
+        finally:
+            release.set()
+        assert searching.result(30).json()["results"][0]["item_id"] == "kettle"
 
 
 @pytest.mark.parametrize("params, fragment", [
