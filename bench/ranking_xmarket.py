@@ -120,8 +120,8 @@ def rule_places(sent: Sequence[Event], found: Sequence[Case], now: int, half_lif
     context, live = ContextState(half_life_s), LiveModel(Registry(tempfile.mkdtemp(prefix="relevo-xmarket-empty-")))
     for event in sent:  # in date order
         context.observe(event)
-    return [position(rank(live, context, shown(c, now), explain=0).scores, c.candidates.index(c.held))
-            for c in found], context
+    return [position(rank(live.serving, context.features(shown(c, now)), shown(c, now), explain=0).scores,
+                     c.candidates.index(c.held)) for c in found], context
 
 
 def choose_half_life(sent: Sequence[Event], dev: Sequence[Case], now: int, days: Sequence[float]

@@ -8,7 +8,7 @@ words as queries), feature readers, an ingester posting small event batches and 
 ``/healthz`` prober share the one API process, and each route's p99 under the mix
 stands beside its p99 in the same mix without the searchers and its sequential p99.
 
-    python -m bench.serving [--requests 3000] [--mixed-searches 200] [--cpu-threads 2]
+    python -m bench.serving [--requests 3000] [--mixed-searches 200] [--cpu-threads 1]
 """
 
 from __future__ import annotations

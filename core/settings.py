@@ -61,9 +61,10 @@ class Settings:
                                       "Redis connections per API process; requests beyond wait for one")
     redis_timeout_s: float = _env_field("RELEVO_REDIS_TIMEOUT_S", 2.0,
                                         "longest the API waits for Redis (a connection or an answer): then 503")
-    api_cpu_threads: int = _env_field("RELEVO_API_CPU_THREADS", 2,
+    api_cpu_threads: int = _env_field("RELEVO_API_CPU_THREADS", 1,
                                       "threads per API process for the CPU work of searches and rankings "
-                                      "(query encoding, retrieval, model scoring), off its event loop")
+                                      "(query encoding, retrieval, model scoring), off its event loop; one "
+                                      "did better than two on 2 cores (bench.serving)")
     ready_timeout_s: float = _env_field("RELEVO_READY_TIMEOUT_S", 1.0, "longest each /readyz check may take")
     registry_keep: int = _env_field("RELEVO_REGISTRY_KEEP", 20,
                                     "versions the trainer keeps, plus the serving one and its rollback target (0: all)")

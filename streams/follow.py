@@ -69,8 +69,7 @@ async def follow_catalog(consumer_of_items: ItemsConsumer, settings: Settings,
                         await dead_letter(record.value, f"malformed JSON: {exc}")
                         continue
                     items += parsed if isinstance(parsed, list) else [parsed]
-                # Upserts run on the serving thread (the index is not thread-safe): a large
-                # catalog update pauses this replica's searches while new titles are encoded.
+                # The consumer encodes new titles and upserts in a thread, under the catalog's lock.
                 rejected = await consumer_of_items.process(items)
                 for raw, reason in rejected:
                     await dead_letter(orjson.dumps(raw), f"catalog item: {reason}")
