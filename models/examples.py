@@ -7,7 +7,10 @@ the examples (and their features) are the same with one worker or ten.
 
 A search becomes a pending example the moment it is applied, with its features
 snapshotted from the partition's ``ContextState`` *before* any later event is applied
-(point in time: its own clicks are never in its features). Clicks, carts and
+(point in time: its own clicks are never in its features). A search that arrives after
+its own session's click at or after its time (its record was still in flight when the
+merge moved past it) would carry that outcome in its features, which serving never
+sees: it makes no example (``after_outcome`` counts them). Clicks, carts and
 purchases that follow it raise the grade of the item they name, matched by
 ``search_id``, else by session and item within ``join_window_s``. Once the stream has
 passed the search time plus ``wait_s`` the example is final (when every source has
@@ -80,6 +83,7 @@ class BuilderState:
     by_session: dict[str, list[str]] = field(default_factory=dict)  # session -> its pending search ids
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # event ids applied (duplicates sent twice)
     batch: list[Example] = field(default_factory=list)  # finals not yet emitted
+    after_outcome: int = 0  # searches applied after their session's later clicks: no example
 
 
 class ExamplesBuilder:
@@ -107,7 +111,10 @@ class ExamplesBuilder:
             # what the stream has moved past is final before the next event: batch boundaries never matter
             self._finalise(event["ts"] - self.wait_ms)
             if event["type"] == "search":
-                self._open(event)
+                if self._after_outcome(event):
+                    self.state.after_outcome += 1
+                else:
+                    self._open(event)
             else:
                 self._label(event)
             self.state.context.observe(event)
@@ -115,6 +122,11 @@ class ExamplesBuilder:
             self._finalise(None)
         elif horizon != float("-inf"):
             self._finalise(int(horizon) - self.wait_ms)
+
+    def _after_outcome(self, search: Event) -> bool:
+        """Whether the search's session already has a click or purchase at or after its time."""
+        session = self.state.context.sessions.get(search["session_id"])
+        return session is not None and any(t.last_ts >= search["ts"] for t in session.touches.values())
 
     def _open(self, search: Event) -> None:
         results = list(search.get("results", ()))

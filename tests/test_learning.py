@@ -133,6 +133,24 @@ async def test_a_click_read_before_its_search_labels_it_and_stays_out_of_its_fea
     assert all(row[touched] == 0 for row in emitted[0]["features"])
 
 
+async def test_a_search_applied_after_its_own_click_makes_no_example() -> None:
+    """Its features would hold its outcome, which serving never sees; another session's later
+    events do not matter."""
+    emitted, emit = _collector()
+    builder = ExamplesBuilder(emit, wait_s=0, batch_size=1)
+    base = {"user_id": "u", "region": "FR"}
+    other = {**base, "session_id": "t", "type": "click", "event_id": "c0", "ts": T0 + 5_000, "item_id": "z"}
+    click = {**base, "session_id": "s", "type": "click", "event_id": "c1", "ts": T0 + 1_000, "item_id": "b"}
+    late = {**base, "session_id": "s", "type": "search", "event_id": "q1", "search_id": "q1", "ts": T0 + 1_000,
+            "results": ["a", "b"]}
+    fine = {**base, "session_id": "t2", "type": "search", "event_id": "q2", "search_id": "q2", "ts": T0 + 1_000,
+            "results": ["b", "c"]}
+    builder.apply([click, other], horizon=T0 + 5_001, reach=T0 + 5_001)  # released while the searches were in flight
+    builder.apply([late, fine], horizon=float("inf"), reach=T0 + 5_000)
+    await builder.flush()
+    assert [e["search_id"] for e in emitted] == ["q2"] and builder.state.after_outcome == 1
+
+
 async def test_a_silent_source_stops_holding_the_stream_back() -> None:
     emitted, emit = _collector()
     feeder = Feeder([ExamplesBuilder(emit, wait_s=0, batch_size=1)], ["search:0", "click:0"])
