@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.report import record, table
-from bench.xmarket import events as xmarket_events
 from relevo.core.keys import Keys
 from relevo.core.redis import connect
 from relevo.core.settings import SHARED_DATA, Settings
@@ -39,6 +38,7 @@ from relevo.drift.regional import RegionalDrift
 from relevo.drift.sinks import AlertStore, ListSink
 from relevo.runtime.processes import Runtime
 from relevo.streams.datasets import trivago
+from relevo.streams.datasets.xmarket import events as xmarket_events
 from relevo.streams.events import Event
 from relevo.streams.producer import EventProducer
 

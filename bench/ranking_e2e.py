@@ -14,7 +14,8 @@ model keeps learning from everything it has ranked (prequential). On the same
 clickouts: the original order, the session rule (items the session touched first,
 most recent first), online popularity (clicks so far), our model frozen at v1, and
 LightGBM lambdarank trained in hindsight on the first half's examples and tested on
-the second half's (``bench.lambdarank``).
+the second half's (``fit_and_score``: the offline ceiling of these features; nothing of the
+second half fits or chooses anything).
 
     python -m bench.ranking_e2e [--speed 2000] [--limit EVENTS] [--lookahead-s 900]
 """
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import orjson
 
-from bench import lambdarank
 from bench.ranking import clickouts
 from bench.report import record, table
 from relevo.core.settings import SHARED_DATA, Settings
@@ -42,14 +44,18 @@ from relevo.models.metrics import reciprocal_rank
 from relevo.models.registry import Registry
 from relevo.runtime.processes import Runtime, first_key
 from relevo.streams.datasets import trivago
+from relevo.streams.logread import read_log
 from relevo.streams.producer import EventProducer
 from relevo.streams.replay import replay
+from relevo.streams.topics import TRAIN_BATCHES
 
 log = logging.getLogger(__name__)
 TRIVAGO = SHARED_DATA / "trivago" / "trivago_val_100k.parquet"
 METHODS = ("original order", "online popularity", "session rule", "model frozen at v1",
            "lambdarank offline (hindsight)", "/v1/rank (online)", "same versions on the worker's features")
 Event = dict[str, Any]
+LAMBDARANK = {"objective": "lambdarank", "metric": "map", "eval_at": [25], "learning_rate": 0.05,
+              "num_leaves": 31, "min_data_in_leaf": 50, "feature_fraction": 0.9, "verbose": -1, "num_threads": 1}
 
 
 def split(events: list[Event]) -> int:
@@ -166,14 +172,52 @@ async def replay_halves(runtime: Runtime, first: list[Event], second: list[Event
     return half
 
 
+async def read_examples(settings: Settings) -> dict[str, Event]:
+    """Every labelled list the worker wrote to ``train.batches``, by search id."""
+    found: dict[str, Event] = {}
+    async for batch in read_log(settings, [settings.topic(TRAIN_BATCHES)]):
+        for kafka_record in batch:
+            for example in orjson.loads(kafka_record.value):
+                found.setdefault(example["search_id"], example)
+    return found
+
+
+def _matrix(lists: list[Event]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    features = np.array([row for e in lists for row in e["features"]], dtype=np.float32)
+    labels = np.array([label for e in lists for label in e["labels"]], dtype=np.int32)
+    return features, labels, [len(e["items"]) for e in lists]
+
+
+def fit_and_score(train: list[Event], test: list[Event]) -> list[list[float]]:
+    """Scores of each ``test`` list from a LightGBM lambdarank fitted on ``train`` (in event order), the
+    last tenth of it held out for early stopping."""
+    import lightgbm
+
+    useful = [e for e in train if any(e["labels"])]
+    cut = int(len(useful) * 0.9)
+    fit, stop = _matrix(useful[:cut]), _matrix(useful[cut:])
+    data = lightgbm.Dataset(fit[0], fit[1], group=fit[2])
+    valid = lightgbm.Dataset(stop[0], stop[1], group=stop[2], reference=data)
+    model = lightgbm.train(LAMBDARANK, data, num_boost_round=500, valid_sets=[valid],
+                           callbacks=[lightgbm.early_stopping(30, verbose=False)])
+    log.info("lambdarank: %d lists, %d rounds", len(useful), model.best_iteration)
+    scores = model.predict(np.array([row for e in test for row in e["features"]], dtype=np.float32),
+                           num_iteration=model.best_iteration)
+    out, start = [], 0
+    for e in test:
+        out.append(scores[start:start + len(e["items"])].tolist())
+        start += len(e["items"])
+    return out
+
+
 def offline(settings: Settings, half: SecondHalf, split_ts: int) -> None:
     """Add the frozen v1 model's and the hindsight lambdarank's reciprocal ranks to ``half.ranked``."""
-    found = lambdarank.examples(settings)
+    found = asyncio.run(read_examples(settings))
     train = sorted((e for e in found.values() if e["ts"] < split_ts), key=lambda e: e["ts"])
     test = [found[s] for s in half.ranked if s in found]
     registry = Registry(settings.registry_dir)
     models = {1: registry.load(1)}
-    for example, scores in zip(test, lambdarank.fit_and_score(train, test), strict=True):
+    for example, scores in zip(test, fit_and_score(train, test), strict=True):
         search_id = example["search_id"]
         labels = [int(item == half.clickouts[search_id][1]) for item in example["items"]]
         version = half.version_of[search_id] or 1

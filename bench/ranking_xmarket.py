@@ -1,6 +1,6 @@
 """Region localisation through the production path: XMarket ratings -> broker -> worker -> ``POST /v1/rank``.
 
-XMarket's 5-core ratings (seven Amazon markets, ``bench.xmarket``) are replayed as
+XMarket's 5-core ratings (seven Amazon markets, ``relevo.streams.datasets.xmarket``) are replayed as
 purchases (region = market) onto the embedded broker through the producer, except each
 user's last rating in a market (by date; on a tie, the file's later line), which is held
 out and never sent (nor the user's earlier ratings of that item). Once the worker has
@@ -45,7 +45,6 @@ from typing import Any
 
 import httpx
 
-from bench import xmarket
 from bench.ranking_e2e import post_rank
 from bench.report import record, table
 from relevo.core.settings import SHARED_DATA, Settings
@@ -54,6 +53,7 @@ from relevo.models.live import LiveModel
 from relevo.models.ranking import rank
 from relevo.models.registry import Registry
 from relevo.runtime.processes import Runtime, first_key
+from relevo.streams.datasets import xmarket
 from relevo.streams.events import Event
 from relevo.streams.producer import EventProducer
 
