@@ -36,7 +36,7 @@ from relevo.features.batch import DEFS, BatchUpdate
 from relevo.features.definitions import FEATURES
 from relevo.features.updates import apply_event
 from relevo.streams.events import Event
-from relevo.streams.eventtime import POSITION, SOURCE
+from relevo.streams.eventtime import POSITION, SOURCE, Position
 
 CLAIM_LUA = script(__package__, "claim.lua")
 APPLY_LUA = script(__package__, "apply.lua")
@@ -53,17 +53,19 @@ def position(event: Event) -> str:
 
 def _positions(events: Sequence[Event]) -> dict[str, list[int]]:
     """Per source, the first and last position among ``events``: ``[offset, index, offset, index]``."""
-    spans: dict[str, list[int]] = {}
+    spans: dict[str, list[Position]] = {}
     for event in events:
-        if SOURCE in event:
-            offset, index = event[POSITION]
-            span = spans.get(event[SOURCE])
+        source = event.get(SOURCE)
+        if source is not None:
+            at = event[POSITION]
+            span = spans.get(source)
             if span is None:
-                spans[event[SOURCE]] = [offset, index, offset, index]
-            else:
-                span[:2] = min(span[:2], [offset, index])
-                span[2:] = max(span[2:], [offset, index])
-    return spans
+                spans[source] = [at, at]
+            elif at < span[0]:
+                span[0] = at
+            elif at > span[1]:
+                span[1] = at
+    return {source: [*first, *last] for source, (first, last) in spans.items()}
 
 
 def _after(event: Event, applied: dict[str, str]) -> bool:
@@ -99,8 +101,8 @@ class FeatureWriter:
         if not fresh:
             return
         try:
-            batch = _aggregate(fresh)
-            pending = {shard: (rows, fresh, _positions(fresh), batch.t_ref)
+            batch, positions = _aggregate(fresh), _positions(fresh)
+            pending = {shard: (rows, fresh, positions, batch.t_ref)
                        for shard, rows in batch.by_shard(self.keys).items()}
         except Exception:  # nothing reached a shard: unclaimed, a re-drive of the dead letters applies them
             await run_scripts(self.redis, self._claim_calls(self._release, fresh))
