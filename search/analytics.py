@@ -11,7 +11,9 @@ every source is idle). Empty queries (browsing) count in the region's totals onl
 
 ``flush`` writes each changed region's summary (top queries, queries with no result,
 queries with no click, CTR per query) as JSON into one hash per region partition
-(``Keys.search_analytics``): one slot per call, so it works on Redis Cluster. The state
+(``Keys.search_analytics``): one slot per call, so it works on Redis Cluster. A summary
+ranks every query of its region, so it is written at most once per ``publish_s`` (the
+stage flushes its partitions when it falls idle too, so the last changes are written). The state
 is the operator's ``state``, snapshotted with its partition; the summary is derived from
 it, so writing it again after a restart changes nothing.
 
@@ -38,6 +40,7 @@ it, so writing it again after a restart changes nothing.
 from __future__ import annotations
 
 import heapq
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,8 +108,9 @@ class SearchAnalytics:
 
     def __init__(self, partition: int, redis: aioredis.Redis | None, keys: Keys | None = None, *,
                  wait_s: float = 10.0, half_life_s: float = 7 * 86400, top: int = 20,
-                 max_queries: int = 10_000, remember_searches: int = 100_000) -> None:
+                 max_queries: int = 10_000, remember_searches: int = 100_000, publish_s: float = 1.0) -> None:
         self.partition, self.redis, self.keys = partition, redis, keys or Keys()
+        self.publish_s, self._published_at = publish_s, float("-inf")
         self.wait_ms, self.half_life_s, self.top = int(wait_s * 1000), half_life_s, top
         self.max_queries, self.remember = max_queries, remember_searches
         self.state = AnalyticsState()
@@ -198,8 +202,9 @@ class SearchAnalytics:
                 "top": best("searches"), "no_result": best("no_result"), "no_click": best("no_click")}
 
     async def flush(self) -> None:
-        if not self._changed or self.redis is None:
+        if not self._changed or self.redis is None or time.monotonic() - self._published_at < self.publish_s:
             return
+        self._published_at = time.monotonic()
         regions, self._changed = sorted(self._changed), set()
         await self.redis.hset(self.keys.search_analytics(self.partition),
                               mapping={r: orjson.dumps(self.summary(r)) for r in regions})

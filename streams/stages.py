@@ -36,7 +36,8 @@ class PartitionState(Protocol):
         """Apply the records read from the partition, in order."""
 
     async def flush(self) -> None:
-        """Send what ``handle`` produced (alerts, examples, aggregates)."""
+        """Send what ``handle`` produced (alerts, examples, aggregates); also called when the stage
+        is idle, so what waits on the wall clock goes out without new records."""
 
     def dump(self) -> Any:
         """The picklable state (``make_state`` takes it back)."""
@@ -127,6 +128,7 @@ class PartitionedStage:
         self.snapshots, self.outputs, self.checkpoint_s = snapshots, outputs, checkpoint_s
         self.states: dict[int, PartitionState] = {}
         self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
+        self._saved: dict[int, int] = {}  # the offset each partition's last snapshot reflects
         self.max_records = max_records
         session_ms = int(session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -148,6 +150,9 @@ class PartitionedStage:
                     state.handle([r.value for r in records])
                     self.offsets[tp.partition] = records[-1].offset
                     await retrying(state.flush)
+                if not any(polled.values()):  # idle: what waits on the wall clock (a throttled write) goes out
+                    for state in list(self.states.values()):
+                        await retrying(state.flush)
                 if time.monotonic() - self._saved_at >= self.checkpoint_s:
                     await retrying(lambda: self.checkpoint(list(self.states)))
         finally:
@@ -159,8 +164,11 @@ class PartitionedStage:
         self._saved_at = time.monotonic()
         await self.outputs.flush()
         for partition in partitions:
-            if partition in self.states and self.offsets.get(partition, -1) >= 0:
-                size = await self.snapshots.save(partition, self.offsets[partition], self.states[partition].dump())
+            offset = self.offsets.get(partition, -1)
+            # A partition that read nothing since its last snapshot has nothing new to save.
+            if partition in self.states and offset >= 0 and self._saved.get(partition) != offset:
+                size = await self.snapshots.save(partition, offset, self.states[partition].dump())
+                self._saved[partition] = offset
                 log.debug("%s p%d: snapshot of %d bytes at offset %d", self.name, partition, size,
                           self.offsets[partition])
 
@@ -169,6 +177,7 @@ class PartitionedStage:
             saved = await self.snapshots.load(partition)
             offset, dump = saved if saved is not None else (-1, None)
             self.states[partition], self.offsets[partition] = self.make_state(partition, dump), offset
+            self._saved[partition] = offset
             tp = TopicPartition(self.topic, partition)
             if offset >= 0:
                 self.consumer.seek(tp, offset + 1)
@@ -181,6 +190,7 @@ class PartitionedStage:
         for partition in partitions:
             self.states.pop(partition, None)
             self.offsets.pop(partition, None)
+            self._saved.pop(partition, None)
 
 
 class _Listener(ConsumerRebalanceListener):
