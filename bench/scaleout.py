@@ -2,7 +2,7 @@
 
 The Trivago slice (``--copies`` copies with fresh ids, 200 events per record) goes
 into the embedded broker once per run; one worker, then two workers in one consumer
-group, read it with the default processors (features, drift, suggestions, examples:
+group, read it with the default processors (features, drift, suggestions, examples, analytics:
 the region and global stages included) until everything is applied and the stages
 have drained. The speedup is the two-worker rate over the one-worker rate of the same
 run (target ≥ 1.6). On a 2-core machine the broker, Redis and the workers share the
@@ -42,7 +42,7 @@ def main() -> None:
     runs = {}
     with EmbeddedStack(tmp / "servers") as stack:
         base = Settings(kafka_bootstrap_servers=stack.kafka_bootstrap, redis_url=stack.redis_url, data_dir=tmp,
-                        partitions=4, checkpoint_s=1.0, idle_s=2.0, topic_prefix="scale.")
+                        partitions=4, idle_s=2.0, topic_prefix="scale.")
         log.info("producing %d events, 200 per record", len(events))
         asyncio.run(produce(stack.kafka_bootstrap, "scale.", events, per_record=200))
         for workers in (1, 2):
