@@ -277,13 +277,19 @@ class ContextState:
         shown, searched, last_click, freshness_ms = session.shown, session.searched, session.last_click, \
             self.freshness_ms
         log1p, log, exp = math.log1p, math.log, math.exp
+        # per item, computed a list at a time (map and comprehensions run in C)
+        pop_log, impressions_log = list(map(log1p, region_pop)), list(map(log1p, impressions))
+        ctr = [(c + 0.1) / (i + 1.0) for c, i in zip(item_clicks, impressions, strict=True)]
+        affinity = [log1p(user.get(item, 0)) for item in items]
+        shown_log = [log1p(shown.get(item, 0)) for item in items]
+        span, list_length, next_pos = max(n - 1, 1), n / 25, -1 if last_pos is None else last_pos + 1
+        clicked_last, untouched = float(last_clicked), (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         rows = []
         for p, item in enumerate(items):
             touch = touches.get(item)
             offset = 0.0 if last_pos is None else max(-5, min(5, p - last_pos)) / 5
             if touch is None:
-                touched = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-                clicks, age = 0.0, 0.0
+                touched, clicks, age = untouched, 0.0, 0.0
             else:
                 age_ms = max(0, ts - touch.last_ts)
                 rank = recency[item]
@@ -292,23 +298,23 @@ class ContextState:
                 clicks, age = log1p(touch.clicks), log1p(age_ms / 1000) / 10
             price = prices[p]
             rows.append([
-                1.0 / (1 + p), p / max(n - 1, 1), price_rank[p], price_gap[p],
+                1.0 / (1 + p), p / span, price_rank[p], price_gap[p],
                 *touched,
-                float(last_pos is not None and p == last_pos + 1),
+                float(p == next_pos),
                 offset,
                 touched_any,
-                log1p(region_pop[p]), 1.0 - region_rank[p],
-                log1p(user.get(item, 0)),
-                session_breadth, n / 25,
-                log1p(shown.get(item, 0)),
+                pop_log[p], 1.0 - region_rank[p],
+                affinity[p],
+                session_breadth, list_length,
+                shown_log[p],
                 clicks,
                 float(item == last_click),
-                (item_clicks[p] + 0.1) / (impressions[p] + 1.0),
-                log1p(impressions[p]),
+                ctr[p],
+                impressions_log[p],
                 last_pos_share,
                 age,
                 1.0 / (1 + rule_rank[p]),
-                float(last_clicked),
+                clicked_last,
                 float(item in searched),
                 offset if last_clicked else 0.0,
                 max(-2.0, min(2.0, log(price) - session_price)) if session_price and price else 0.0,
