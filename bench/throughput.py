@@ -97,12 +97,13 @@ def run_worker(settings: Settings, n_events: int, workers: int = 1) -> Run:
     module doc) and their CPU summed."""
     with Runtime(settings, workers=workers, api=False) as runtime:
         client = runtime.redis()
-        processes = [psutil.Process(w.pid) for w in runtime.workers]
         deadline = time.monotonic() + 1800
         while _applied(client, settings.key_prefix) == 0:
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker applied nothing")
             time.sleep(0.01)
+        # each worker and what it started (its stage process, with RELEVO_STAGE_PROCESS=1)
+        processes = [p for w in runtime.workers for p in (psutil.Process(w.pid), *psutil.Process(w.pid).children())]
         started, cpu0, rcpu0 = time.perf_counter(), cpu_seconds(*processes), redis_cpu(client)
         while _applied(client, settings.key_prefix) < n_events:
             if time.monotonic() > deadline:
@@ -205,7 +206,8 @@ def main() -> None:
            notes=f"Input: the Trivago slice ({len(events):,} events); the batched runs use {args.copies} copies "
                  "with fresh ids. The no-op agent reads the click topic only (one record each). Broker (Tansu), "
                  "Redis, producer and worker share the machine's cores; CPU is the measured process's own. Idle CPU "
-                 "is part of every window: at 1,000 events/s, 20% of a core is 200 µs per event.")
+                 "is part of every window: at 1,000 events/s, 20% of a core is 200 µs per event. Stages in a process "
+                 f"of their own (RELEVO_STAGE_PROCESS): {'yes' if base.stage_process else 'no'}.")
     default = many[PROCESSOR_SETS[-1]]
     print(f"RESULT throughput default_cpu_us_per_event={us[PROCESSOR_SETS[-1]]:.1f} "
           f"default_events_per_s={len(batched) / default.seconds:.0f} "

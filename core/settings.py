@@ -85,6 +85,9 @@ class Settings:
                                        "only when 3 events in a row agree (one wild timestamp moves nothing)")
     log_epoch: int = _env_field("RELEVO_LOG_EPOCH", 0, "which life of the broker's log positions refer to: "
                                 "`relevo up` sets it for the embedded broker; keep 0 on a durable Kafka")
+    stage_process: bool = _env_field("RELEVO_STAGE_PROCESS", False,
+                                     "run each worker's region and global stages in a child process of their own "
+                                     "(a second core) instead of beside its agent; the worker exits when it dies")
     checkpoint_s: float = _env_field("RELEVO_CHECKPOINT_S", 10.0, "how often each partition of the region "
                                      "and global stages snapshots its state")
     alert_webhook_url: str = _env_field("RELEVO_ALERT_WEBHOOK_URL", "", "POST drift alerts here (empty: off)")

@@ -8,6 +8,7 @@ import signal
 import time
 
 import orjson
+import psutil
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -157,20 +158,26 @@ async def _read_dlq(bootstrap: str, topic: str, expected: int) -> list[tuple[byt
     return out
 
 
-def test_sigkill_mid_stream_loses_no_labelled_example(tmp_path, kafka_bootstrap, redis_url) -> None:
+@pytest.mark.parametrize("stage_process", [False, True], ids=["stages-beside-the-agent", "stage-process"])
+def test_sigkill_mid_stream_loses_no_labelled_example(tmp_path, kafka_bootstrap, redis_url, stage_process) -> None:
     searches = 1500
     events = planted_stream(searches)
-    with running(tmp_path, kafka_bootstrap, redis_url, "t-ex", "x", processors="examples",
-                 examples_wait_s=0.0, examples_batch_age_s=0.5) as rt:
+    with running(tmp_path, kafka_bootstrap, redis_url, f"t-ex-{stage_process}", f"x{stage_process:d}",
+                 processors="examples", examples_wait_s=0.0, examples_batch_age_s=0.5,
+                 stage_process=stage_process) as rt:
         rt.wait_workers_ready()
         settings, client = rt.settings, rt.redis()
         send(settings, events, per_record=1)  # one event per record, so the worker is mid-stream when it dies
         deadline = time.monotonic() + 60
-        while consumed(client, "x:stats") < 600 and time.monotonic() < deadline:
+        while consumed(client, f"x{stage_process:d}:stats") < 600 and time.monotonic() < deadline:
             time.sleep(0.02)
+        children = psutil.Process(rt.workers[0].pid).children()
+        assert len(children) >= stage_process  # the stage process (and spawn's resource tracker)
         os.kill(rt.workers[0].pid, signal.SIGKILL)
         rt.workers[0].wait()
-        assert consumed(client, "x:stats") < len(events), "the kill must land mid-stream"
+        _, left = psutil.wait_procs(children, timeout=30)
+        assert not left, "a SIGKILLed worker's stage process must stop with it"
+        assert consumed(client, f"x{stage_process:d}:stats") < len(events), "the kill must land mid-stream"
         restarted = time.time() * 1000
         rt.start_worker()
         rt.wait_workers_ready(since_ms=int(restarted), timeout=90)
