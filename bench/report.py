@@ -41,7 +41,10 @@ def record(title: str, command: str | None, table_md: str, notes: str = "") -> N
     if command is None:
         main = sys.modules["__main__"]
         module = main.__spec__.name if main.__spec__ else sys.argv[0]
-        command = " ".join(["python -m", module, *sys.argv[1:]])
+        # settings given in the environment change the run as much as its arguments
+        settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
+                    if k.startswith("RELEVO_") and k != "RELEVO_BENCH_RECORD"]
+        command = " ".join([*settings, "python -m", module, *sys.argv[1:]])
     section = "\n".join([
         f"## {title}",
         "",
