@@ -17,6 +17,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -121,7 +122,7 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     events = list(open_dataset("trivago"))[:50_000]
     tmp = Path(tempfile.mkdtemp(prefix="relevo-fresh-"))
-    settings = Settings(data_dir=tmp, partitions=4, key_prefix="f", processors=args.processors)
+    settings = replace(Settings.from_env(), data_dir=tmp, partitions=4, key_prefix="f", processors=args.processors)
     with Runtime(settings, workers=1, api=False) as runtime:
         runtime.wait_workers_ready()
         raw = asyncio.run(measure_raw(runtime.settings.kafka_bootstrap_servers, events, args.rate, args.seconds,

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -41,8 +42,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="relevo-scaleout-"))
     runs = {}
     with EmbeddedStack(tmp / "servers") as stack:
-        base = Settings(kafka_bootstrap_servers=stack.kafka_bootstrap, redis_url=stack.redis_url, data_dir=tmp,
-                        partitions=4, idle_s=2.0, topic_prefix="scale.")
+        base = replace(Settings.from_env(), kafka_bootstrap_servers=stack.kafka_bootstrap, redis_url=stack.redis_url,
+                       data_dir=tmp, partitions=4, idle_s=2.0, topic_prefix="scale.")
         log.info("producing %d events, 200 per record", len(events))
         asyncio.run(produce(stack.kafka_bootstrap, "scale.", events, per_record=200))
         for workers in (1, 2):

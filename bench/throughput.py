@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -164,8 +164,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="relevo-bench-"))
     with EmbeddedStack(tmp / "servers") as stack:
         bootstrap = stack.kafka_bootstrap
-        base = Settings(kafka_bootstrap_servers=bootstrap, redis_url=stack.redis_url, data_dir=tmp,
-                        partitions=4, idle_s=2.0)
+        base = replace(Settings.from_env(), kafka_bootstrap_servers=bootstrap, redis_url=stack.redis_url,
+                       data_dir=tmp, partitions=4, idle_s=2.0)  # the environment's settings, on the bench's stack
 
         log.info("producing %d events one per record", len(events))
         asyncio.run(produce(bootstrap, "single.", events, per_record=1))
