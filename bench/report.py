@@ -41,9 +41,10 @@ def record(title: str, command: str | None, table_md: str, notes: str = "") -> N
     if command is None:
         main = sys.modules["__main__"]
         module = main.__spec__.name if main.__spec__ else sys.argv[0]
-        # settings given in the environment change the run as much as its arguments
+        # settings given in the environment change the run as much as its arguments; API keys are
+        # secrets and never go into a committed file
         settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
-                    if k.startswith("RELEVO_") and k != "RELEVO_BENCH_RECORD"]
+                    if k.startswith("RELEVO_") and k != "RELEVO_BENCH_RECORD" and not k.endswith("_KEYS")]
         command = " ".join([*settings, "python -m", module, *sys.argv[1:]])
     section = "\n".join([
         f"## {title}",
