@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -18,6 +18,7 @@ from relevo.core.settings import Settings
 from relevo.runtime.processes import Runtime
 from relevo.streams.producer import EventProducer
 
+T = TypeVar("T")
 T0 = 1_541_599_523_000
 
 
@@ -61,8 +62,9 @@ def send(settings: Settings, events: list[dict], per_record: int = 200) -> None:
     asyncio.run(go())
 
 
-def eventually(check: Callable[[], None], timeout: float = 60.0) -> None:
-    """Run ``check`` until it stops raising AssertionError (the last failure is raised at the timeout)."""
+def eventually(check: Callable[[], T], timeout: float = 60.0) -> T:
+    """Run ``check`` until it stops raising AssertionError and return what it returns (the last failure
+    is raised at the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
         try:

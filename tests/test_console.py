@@ -80,9 +80,11 @@ def stack(kafka_bootstrap, redis_url, tmp_path_factory) -> Iterator[dict[str, An
                 if answer.status_code == 200 and answer.json()["search_id"]:
                     served.append(answer.json()["search_id"])
                 return answer
-            eventually(lambda: _assert(search({"q": "hotel", "region": "FR"}).status_code == 200),
-                       timeout=300)  # the API loads the encoder and follows catalog.items
-            found = search({"q": "hôtel", "k": "10"}).json()
+            def found_hotels() -> dict[str, Any]:
+                answer = search({"q": "hôtel", "k": "10"})
+                assert answer.status_code == 200 and answer.json()["results"], answer.text
+                return answer.json()
+            found = eventually(found_hotels, timeout=300)  # the API loads the encoder and follows catalog.items
             for _ in range(10):
                 api.get("/v1/suggest", params={"prefix": "ho", "region": "FR"}, headers=keys["search"])
                 search({"q": "hotel berlin", "region": "DE"})
