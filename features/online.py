@@ -10,8 +10,7 @@ as it did at the time.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,8 +36,21 @@ from relevo.features.definitions import (
 )
 from relevo.features.updates import bucket_price
 
-TOP_N = 50
-CONCURRENT_READS = 32  # reads of one batch in flight at once: one request never takes the whole pool
+TOP_N = 50  # members a read returns of a feature without a bound of its own, and of every region feature
+
+# The fields a read of each entity can return, and the features each is made from: a read
+# queues only the features of the fields asked for, all on one pipeline.
+USER_FIELDS: dict[str, tuple[Feature, ...]] = {
+    "items": (USER_ITEMS,), "categories": (USER_CATEGORIES,), "recent_items": (USER_RECENT_ITEMS,),
+    "recent_queries": (USER_RECENT_QUERIES,), "session_id": (USER_SESSIONS,),
+    "session_items": (USER_SESSIONS, SESSION_ITEMS), "locale": (USER_LOCALES,), "region": (USER_REGIONS,),
+    "price_band": (USER_PRICES,),
+}
+REGION_FIELDS: dict[str, tuple[Feature, ...]] = {
+    "items": (REGION_ITEMS,), "queries": (REGION_QUERIES,), "categories": (REGION_CATEGORIES,),
+    "activity": (REGION_ACTIVITY,), "searches": (REGION_ACTIVITY,), "clicks": (REGION_ACTIVITY,),
+    "ctr": (REGION_ACTIVITY,),
+}
 
 
 class AsOfBeforeClock(ValueError):
@@ -103,8 +115,108 @@ def price_band(buckets: dict[str, float]) -> dict[str, float] | None:
     return band
 
 
+def _read_top(feature: Feature) -> int:
+    # A region keeps up to thousands of members so its top stays right; a read serves the head.
+    return TOP_N if feature.entity == "region" else feature.max_members or TOP_N
+
+
+def _chosen(known: dict[str, tuple[Feature, ...]], fields: Collection[str] | None) -> list[str]:
+    """The fields asked for (all when None), in the order of ``known``.
+
+    >>> _chosen(REGION_FIELDS, ["ctr", "items"])
+    ['items', 'ctr']
+    >>> _chosen(REGION_FIELDS, ["colour"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown field(s) colour; known: items, queries, categories, activity, searches, clicks, ctr
+    """
+    if fields is None:
+        return list(known)
+    unknown = sorted(set(fields) - known.keys())
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [name for name in known if name in fields]
+
+
+class _Reads:
+    """Feature reads queued on one pipeline; a value is taken from the replies by where it was queued."""
+
+    def __init__(self, pipe: Any, keys: Keys, first: int) -> None:
+        self.pipe, self.keys, self.next = pipe, keys, first
+        self.slots: dict[tuple[Feature, str], int] = {}
+
+    def queue(self, features: Iterable[Feature], entity_id: str) -> None:
+        for feature in features:
+            self.slots[feature, entity_id] = self.next
+            key = self.keys.entity(feature.entity, entity_id, feature.name)
+            if feature.aggregation == "decayed":
+                self.pipe.zrevrange(key, 0, _read_top(feature) - 1, withscores=True)
+                self.pipe.get(key + "~L")
+                self.next += 2
+            else:
+                self.pipe.zrevrange(key, 0, -1) if feature.aggregation == "latest" else self.pipe.hgetall(key)
+                self.next += 1
+
+    def values(self, replies: list[Any], features: Iterable[Feature], entity_id: str, as_of: int,
+               ) -> dict[Feature, Any]:
+        out: dict[Feature, Any] = {}
+        for feature in features:
+            at = self.slots[feature, entity_id]
+            if feature.aggregation == "decayed":
+                out[feature] = _decayed(replies[at], replies[at + 1], feature, as_of)
+            elif feature.aggregation == "latest":
+                out[feature] = _members(replies[at])
+            else:
+                out[feature] = {name.decode(): float(n) for name, n in replies[at].items()}
+        return out
+
+
+def _user_field(name: str, values: dict[Feature, Any], session_items: list[str]) -> Any:
+    if name == "session_id":
+        return next(iter(values[USER_SESSIONS]), None)
+    if name == "session_items":
+        return session_items
+    if name in ("locale", "region"):
+        return _argmax(values[USER_FIELDS[name][0]])
+    if name == "price_band":
+        return price_band(values[USER_PRICES])
+    return values[USER_FIELDS[name][0]]
+
+
+def _region_field(name: str, values: dict[Feature, Any]) -> Any:
+    activity = values.get(REGION_ACTIVITY, {})
+    if name in ("searches", "clicks"):
+        return activity.get(name, 0.0)
+    if name == "ctr":
+        searches = activity.get("searches", 0.0)
+        return activity.get("clicks", 0.0) / searches if searches else 0.0
+    return values[REGION_FIELDS[name][0]]
+
+
+def _item(item_id: str, counts: dict[str, float]) -> dict[str, Any]:
+    totals: dict[str, float] = {}
+    by_region: dict[str, dict[str, float]] = {}
+    for name, number in counts.items():
+        region, _, counter = name.rpartition("|")
+        (by_region.setdefault(region, {}) if region else totals)[counter] = number
+    return {"item_id": item_id, **_with_ctr(totals),
+            "by_region": {r: _with_ctr(c) for r, c in sorted(by_region.items())}}
+
+
+def _with_ctr(counts: dict[str, float]) -> dict[str, float]:
+    out = {k: counts.get(k, 0.0) for k in ("impressions", "views", "clicks", "carts", "purchases")}
+    out["ctr"] = out["clicks"] / out["impressions"] if out["impressions"] else 0.0
+    return out
+
+
 class OnlineStore:
-    """Reads user, region and item features (as of the stream clock unless told otherwise)."""
+    """Reads user, region and item features (as of the stream clock unless told otherwise).
+
+    A read of any number of entities is one pipeline: the clock and, per entity, only the
+    features behind the fields asked for (``USER_FIELDS``, ``REGION_FIELDS``); a user's
+    ``session_items`` take a second, since the session is known only once read. An
+    entity is ``None`` when none of the features read hold anything.
+    """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis, self.keys = redis, keys
@@ -122,98 +234,62 @@ class OnlineStore:
             latest = await pipe.execute()
         return max((int(float(v)) for v in latest if v is not None), default=0)
 
-    def _queue_decayed(self, pipe: Any, feature: Feature, entity_id: str, top: int = TOP_N) -> None:
-        key = self.keys.entity(feature.entity, entity_id, feature.name)
-        pipe.zrevrange(key, 0, top - 1, withscores=True)
-        pipe.get(key + "~L")
+    async def user(self, user_id: str, as_of: int | None = None, fields: Collection[str] | None = None,
+                   ) -> dict[str, Any] | None:
+        return (await self.many([user_id], (), (), as_of, user_fields=fields))[0][0]
 
-    def _queue_latest(self, pipe: Any, feature: Feature, entity_id: str) -> None:
-        pipe.zrevrange(self.keys.entity(feature.entity, entity_id, feature.name), 0, -1)
-
-    async def user(self, user_id: str, as_of: int | None = None) -> dict[str, Any] | None:
-        decayed = (USER_ITEMS, USER_CATEGORIES, USER_LOCALES, USER_REGIONS, USER_PRICES)
-        latest = (USER_RECENT_ITEMS, USER_RECENT_QUERIES, USER_SESSIONS)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.clock)
-            for f in decayed:
-                self._queue_decayed(pipe, f, user_id, top=f.max_members or TOP_N)
-            for f in latest:
-                self._queue_latest(pipe, f, user_id)
-            res = await pipe.execute()
-        as_of = _read_time(as_of, await self._as_of(res[0]))
-        values = {f.name: _decayed(res[1 + 2 * i], res[2 + 2 * i], f, as_of) for i, f in enumerate(decayed)}
-        recent_items, recent_queries, sessions = (_members(r) for r in res[1 + 2 * len(decayed):])
-        if not (values["regions"] or recent_items or sessions):
-            return None
-        session_items: list[str] = []
-        if sessions:
-            key = self.keys.entity("session", sessions[0], SESSION_ITEMS.name)
-            session_items = _members(await self.redis.zrevrange(key, 0, -1))
-        return {
-            "user_id": user_id,
-            "items": values["items"],
-            "categories": values["categories"],
-            "recent_items": recent_items,
-            "recent_queries": recent_queries,
-            "session_id": sessions[0] if sessions else None,
-            "session_items": session_items,
-            "locale": _argmax(values["locales"]),
-            "region": _argmax(values["regions"]),
-            "price_band": price_band(values["prices"]),
-            "as_of": as_of,
-        }
-
-    async def region(self, region: str, as_of: int | None = None) -> dict[str, Any] | None:
-        decayed = (REGION_ITEMS, REGION_QUERIES, REGION_CATEGORIES, REGION_ACTIVITY)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.clock)
-            for f in decayed:
-                self._queue_decayed(pipe, f, region)
-            res = await pipe.execute()
-        as_of = _read_time(as_of, await self._as_of(res[0]))
-        items, queries, categories, activity = (
-            _decayed(res[1 + 2 * i], res[2 + 2 * i], f, as_of) for i, f in enumerate(decayed))
-        if not activity:
-            return None
-        searches, clicks = activity.get("searches", 0.0), activity.get("clicks", 0.0)
-        return {
-            "region": region,
-            "items": items,
-            "queries": queries,
-            "categories": categories,
-            "activity": activity,
-            "searches": searches,
-            "clicks": clicks,
-            "ctr": clicks / searches if searches else 0.0,
-            "as_of": as_of,
-        }
+    async def region(self, region: str, as_of: int | None = None, fields: Collection[str] | None = None,
+                     ) -> dict[str, Any] | None:
+        return (await self.many((), [region], (), as_of, region_fields=fields))[1][0]
 
     async def item(self, item_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hgetall(self.keys.entity("item", item_id, ITEM_COUNTS.name))
-        if not raw:
-            return None
-        totals: dict[str, float] = {}
-        by_region: dict[str, dict[str, float]] = {}
-        for field, value in raw.items():
-            name, number = field.decode(), float(value)
-            region, _, counter = name.rpartition("|")
-            (by_region.setdefault(region, {}) if region else totals)[counter] = number
-        return {"item_id": item_id, **_with_ctr(totals),
-                "by_region": {r: _with_ctr(c) for r, c in sorted(by_region.items())}}
+        return (await self.many((), (), [item_id]))[2][0]
 
     async def many(self, users: Sequence[str], regions: Sequence[str], items: Sequence[str],
+                   as_of: int | None = None, user_fields: Collection[str] | None = None,
+                   region_fields: Collection[str] | None = None,
                    ) -> tuple[list[dict[str, Any] | None], ...]:
-        """Features of many users, regions and items (``None`` where unknown), a bounded number
-        of reads at a time."""
-        reads = [*(self.user(u) for u in users), *(self.region(r) for r in regions),
-                 *(self.item(i) for i in items)]
-        found: list[dict[str, Any] | None] = []
-        for start in range(0, len(reads), CONCURRENT_READS):
-            found += await asyncio.gather(*reads[start:start + CONCURRENT_READS])
-        return found[:len(users)], found[len(users):len(users) + len(regions)], found[len(users) + len(regions):]
+        """Features of many users, regions and items (``None`` where unknown): the ``user_fields``
+        and ``region_fields`` asked for (all by default), each item's counts."""
+        user_names, region_names = _chosen(USER_FIELDS, user_fields), _chosen(REGION_FIELDS, region_fields)
+        user_features = {f for name in user_names for f in USER_FIELDS[name]} - {SESSION_ITEMS}
+        region_features = {f for name in region_names for f in REGION_FIELDS[name]}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.clock)
+            reads = _Reads(pipe, self.keys, first=1)
+            for user_id in users:
+                reads.queue(user_features, user_id)
+            for region in regions:
+                reads.queue(region_features, region)
+            for item_id in items:
+                reads.queue((ITEM_COUNTS,), item_id)
+            replies = await pipe.execute()
+        as_of = _read_time(as_of, await self._as_of(replies[0]))
+        user_values = [reads.values(replies, user_features, u, as_of) for u in users]
+        sessions = [next(iter(v[USER_SESSIONS]), None) if "session_items" in user_names else None
+                    for v in user_values]
+        session_items = await self._session_items(sessions)
+        found_users = [
+            {"user_id": user_id, **{name: _user_field(name, values, session_items[n]) for name in user_names},
+             "as_of": as_of} if any(values.values()) else None
+            for n, (user_id, values) in enumerate(zip(users, user_values, strict=True))]
+        found_regions = []
+        for region in regions:
+            values = reads.values(replies, region_features, region, as_of)
+            found_regions.append({"region": region, **{name: _region_field(name, values) for name in region_names},
+                                  "as_of": as_of} if any(values.values()) else None)
+        found_items = []
+        for item_id in items:
+            counts = reads.values(replies, (ITEM_COUNTS,), item_id, as_of)[ITEM_COUNTS]
+            found_items.append(_item(item_id, counts) if counts else None)
+        return found_users, found_regions, found_items
 
-
-def _with_ctr(counts: dict[str, float]) -> dict[str, float]:
-    out = {k: counts.get(k, 0.0) for k in ("impressions", "views", "clicks", "carts", "purchases")}
-    out["ctr"] = out["clicks"] / out["impressions"] if out["impressions"] else 0.0
-    return out
+    async def _session_items(self, sessions: list[str | None]) -> list[list[str]]:
+        """The items of each session (none for ``None``), read on one pipeline."""
+        if not any(sessions):
+            return [[] for _ in sessions]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session in filter(None, sessions):
+                pipe.zrevrange(self.keys.entity("session", session, SESSION_ITEMS.name), 0, -1)
+            replies = iter(await pipe.execute())
+        return [_members(next(replies)) if session else [] for session in sessions]

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 FeatureSource = Callable[[str | None, str | None], Awaitable[tuple[dict | None, dict | None]]]
 
 
+# The live features ``SearchService.context`` reads: all a search needs from the online store.
+CONTEXT_USER_FIELDS = ("items", "categories", "locale", "session_items")
+CONTEXT_REGION_FIELDS = ("items", "categories")
+
+
 class Reranker(Protocol):
     """A second stage: re-orders the first ranker's top ``depth`` results for a user and session.
     Awaited on the event loop; it runs its own CPU work off the loop."""
@@ -138,7 +143,7 @@ class SearchService:
         with self._blas.limit(limits=1, user_api="blas"), self.catalog.lock:
             return self.understanding.understand(query, locale)
 
-    def context(self, user: dict | None, region_features: dict | None, locale: str | None) -> dict:
+    def context(self, user: dict | None, region_features: dict | None, locale: str | None) -> dict:  # reads CONTEXT_*
         """The ranker's context from the live feature dicts (see relevo.features.online for their shapes)."""
         user, region_features = user or {}, region_features or {}
         items = self.catalog.items

@@ -41,7 +41,7 @@ from relevo.models.rerank import LearnedReranker
 from relevo.models.trainer_worker import registry_dir
 from relevo.search.catalog_store import CatalogConsumer, build_search_service, catalog_dir, open_catalog, tuning_dir
 from relevo.search.fusion import FUSION_FILE
-from relevo.search.service import FeatureSource, Reranker, SearchService
+from relevo.search.service import CONTEXT_REGION_FIELDS, CONTEXT_USER_FIELDS, FeatureSource, Reranker, SearchService
 from relevo.search.taxonomy import TAXONOMY
 from relevo.serving import alerts, catalog, console, features, ingest, models, ops, rank, search, suggest
 from relevo.serving.schemas import body_components
@@ -123,8 +123,9 @@ async def open_search(app: FastAPI, settings: Settings, stop: asyncio.Event) -> 
     state = app.state
 
     async def features(user_id: str | None, region: str | None) -> tuple[dict | None, dict | None]:
-        user = await state.store.user(user_id) if user_id else None
-        return user, await state.store.region(region) if region else None
+        users, regions, _ = await state.store.many([user_id] if user_id else [], [region] if region else [], [],
+                                                   user_fields=CONTEXT_USER_FIELDS, region_fields=CONTEXT_REGION_FIELDS)
+        return (users or [None])[0], (regions or [None])[0]
 
     if state.search is None:  # a restarted follower keeps the catalog it loaded
         reranker = (LearnedReranker(state.models, state.contexts.for_region, settings.rerank_depth, state.cpu)

@@ -47,21 +47,26 @@ class RelevoClient:
         return self._json(self.http.post("/v1/events", content=body,
                                          headers={"Content-Type": "application/json"}))
 
-    def _entity(self, path: str) -> dict[str, Any] | None:
-        response = self.http.get(path)
+    def _entity(self, path: str, fields: Iterable[str] | None = None) -> dict[str, Any] | None:
+        response = self.http.get(path, params=None if fields is None else {"fields": list(fields)})
         return None if response.status_code == 404 else self._json(response)
 
-    def user(self, user_id: str) -> dict[str, Any] | None:
-        return self._entity(f"/v1/features/users/{quote(user_id, safe='')}")
+    def user(self, user_id: str, fields: Iterable[str] | None = None) -> dict[str, Any] | None:
+        """A user's features: ``fields`` of them (all by default); ``None`` if unknown."""
+        return self._entity(f"/v1/features/users/{quote(user_id, safe='')}", fields)
 
-    def region(self, region: str) -> dict[str, Any] | None:
-        return self._entity(f"/v1/features/regions/{quote(region, safe='')}")
+    def region(self, region: str, fields: Iterable[str] | None = None) -> dict[str, Any] | None:
+        return self._entity(f"/v1/features/regions/{quote(region, safe='')}", fields)
 
     def item(self, item_id: str) -> dict[str, Any] | None:
         return self._entity(f"/v1/features/items/{quote(item_id, safe='')}")
 
-    def features(self, users: Iterable[str] = (), regions: Iterable[str] = (),
-                 items: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    def features(self, users: Iterable[str] = (), regions: Iterable[str] = (), items: Iterable[str] = (),
+                 user_fields: Iterable[str] | None = None, region_fields: Iterable[str] | None = None,
+                 ) -> dict[str, dict[str, Any]]:
         """Many entities in one call; unknown ones map to ``None``."""
-        return self._json(self.http.post("/v1/features/batch", json={
-            "users": list(users), "regions": list(regions), "items": list(items)}))
+        query: dict[str, Any] = {"users": list(users), "regions": list(regions), "items": list(items)}
+        for name, fields in (("user_fields", user_fields), ("region_fields", region_fields)):
+            if fields is not None:
+                query[name] = list(fields)
+        return self._json(self.http.post("/v1/features/batch", json=query))

@@ -107,28 +107,32 @@ class PriceBand(BaseModel):
 
 
 class UserFeatures(BaseModel):
+    """A user's features: the ``fields`` asked for (all by default); the others are left out."""
+
     user_id: str
-    items: Scores = Field(description="decayed interest per item")
-    categories: Scores
-    recent_items: list[str]
-    recent_queries: list[str]
-    session_id: str | None
-    session_items: list[str]
-    locale: str | None
-    region: str | None
-    price_band: PriceBand | None
+    items: Scores = Field(default_factory=dict, description="decayed interest per item")
+    categories: Scores = Field(default_factory=dict)
+    recent_items: list[str] = Field(default_factory=list)
+    recent_queries: list[str] = Field(default_factory=list)
+    session_id: str | None = None
+    session_items: list[str] = Field(default_factory=list)
+    locale: str | None = None
+    region: str | None = None
+    price_band: PriceBand | None = None
     as_of: int = Field(description="the event time the decayed values are read at, epoch ms")
 
 
 class RegionFeatures(BaseModel):
+    """A region's features: the ``fields`` asked for (all by default); the others are left out."""
+
     region: str
-    items: Scores = Field(description="decayed item popularity")
-    queries: Scores = Field(description="decayed query popularity")
-    categories: Scores
-    activity: Scores = Field(description="decayed searches, impressions, clicks, purchases")
-    searches: float
-    clicks: float
-    ctr: float = Field(description="clicks per search")
+    items: Scores = Field(default_factory=dict, description="decayed item popularity")
+    queries: Scores = Field(default_factory=dict, description="decayed query popularity")
+    categories: Scores = Field(default_factory=dict)
+    activity: Scores = Field(default_factory=dict, description="decayed searches, impressions, clicks, purchases")
+    searches: float = 0.0
+    clicks: float = 0.0
+    ctr: float = Field(0.0, description="clicks per search")
     as_of: int
 
 

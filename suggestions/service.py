@@ -1,13 +1,13 @@
 """Serving-side suggestions: normalise the prefix, read candidates, filter, rank.
 
 One Redis round trip per request (a Lua script reads every signal); when a
-feature store is wired in, the user's category affinity is read concurrently.
+feature store is wired in, the user's category affinity (and only it) is read concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ MAX_K = 50
 class UserFeatures(Protocol):
     """The part of ``relevo.features.online.OnlineStore`` suggestions use."""
 
-    async def user(self, user_id: str) -> Mapping[str, Any] | None: ...
+    async def user(self, user_id: str, *, fields: Collection[str] | None = None) -> Mapping[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class SuggestService:
                                      categories=personal)
         categories = None
         if personal:  # only then is the feature store read, concurrently: gather costs a loop turn
-            (clock, found), user = await asyncio.gather(read, self.features.user(user_id))
+            (clock, found), user = await asyncio.gather(read, self.features.user(user_id, fields=("categories",)))
             categories = (user or {}).get("categories") or None
         else:
             clock, found = await read

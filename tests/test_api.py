@@ -9,9 +9,13 @@ from dataclasses import replace
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
+from relevo.core.keys import Keys
+from relevo.core.settings import Settings
 from relevo.features.context import FEATURES
+from relevo.features.writer import FeatureWriter
 from relevo.models.ranker import Ranker, RankerConfig
 from relevo.serving.app import create_app
 from tests.streamkit import T0, running
@@ -72,6 +76,25 @@ def test_unknown_entities_answer_404_with_a_reason(api) -> None:
     assert answer.status_code == 404 and "nobody" in answer.json()["detail"]
     batch = api.post("/v1/features/batch", json={"users": ["nobody"], "regions": ["ZZ"]}, headers=READ).json()
     assert batch == {"users": {"nobody": None}, "regions": {"ZZ": None}, "items": {}}
+
+
+def test_a_read_answers_the_fields_asked_for(api) -> None:
+    asyncio.run(write_features(api.app.state.settings, [click(20, user_id="fields", category="shoes", price=40.0)]))
+    some = api.get("/v1/features/users/fields", params={"fields": ["categories", "locale"]}, headers=READ).json()
+    assert set(some) == {"user_id", "categories", "locale", "as_of"} and some["categories"]["shoes"] > 0
+    batch = api.post("/v1/features/batch", headers=READ, json={
+        "users": ["fields"], "regions": ["FR"], "user_fields": ["price_band"], "region_fields": ["ctr"]}).json()
+    assert set(batch["users"]["fields"]) == {"user_id", "price_band", "as_of"}
+    assert set(batch["regions"]["FR"]) == {"region", "ctr", "as_of"}
+    unknown = api.get("/v1/features/users/fields", params={"fields": "colour"}, headers=READ)
+    assert unknown.status_code == 422 and "categories" in unknown.text  # names the fields there are
+
+
+async def write_features(settings: Settings, events: list[dict]) -> None:
+    """Apply ``events`` to the API's feature store (this module's worker keeps no features)."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    await FeatureWriter(client, Keys(settings.key_prefix)).process(events)
+    await client.aclose()
 
 
 def test_health_readiness_and_metrics(api) -> None:

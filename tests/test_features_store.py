@@ -25,6 +25,26 @@ async def store(redis_db, redis_url):
     await client.aclose()
 
 
+async def test_a_read_of_some_fields_is_the_full_read_cut_down(store) -> None:
+    writer, reader = store
+    events = synthetic_events(300, seed=3)
+    await writer.process(events)
+    users = sorted({e["user_id"] for e in events})
+    full, regions, items = await reader.many(users, ["FR", "DE"], ["i1", "nope"])
+    assert full == [await reader.user(u) for u in users] and all(full)  # one read of many = a read of each
+    assert regions == [await reader.region("FR"), await reader.region("DE")] and items[1] is None
+    # a user is None when no feature read holds anything: without categories, a read of categories alone
+    for fields, known in ((["categories"], lambda u: u["categories"]), (["session_items", "locale"], bool),
+                          (["price_band"], lambda u: u["price_band"])):
+        some, _, _ = await reader.many(users, [], [], user_fields=fields)
+        assert some == [{k: v for k, v in u.items() if k in {"user_id", *fields, "as_of"}} if known(u) else None
+                        for u in full], fields
+    ctr = await reader.region("FR", fields=["ctr"])
+    assert ctr == {"region": "FR", "ctr": regions[0]["ctr"], "as_of": regions[0]["as_of"]}
+    with pytest.raises(ValueError, match="unknown field"):
+        await reader.user(users[0], fields=["colour"])
+
+
 async def test_features_match_plain_python_recomputation(store) -> None:
     writer, reader = store
     events = synthetic_events(400)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 import httpx
 import pytest
@@ -24,7 +25,8 @@ T0 = 1_541_599_523_000
 class Affinity:
     """A stand-in feature store holding one user's category affinity."""
 
-    async def user(self, user_id: str) -> dict | None:
+    async def user(self, user_id: str, *, fields: Collection[str] | None = None) -> dict | None:
+        assert fields == ("categories",)  # suggestions read only what they rank with
         return {"user_id": user_id, "categories": {"beach": 5.0}} if user_id == "surfer" else None
 
 
