@@ -58,10 +58,21 @@ async def run_scripts(client: AnyRedis, calls: Sequence[tuple[Any, list[str], li
             results += await asyncio.gather(*(script(keys=keys, args=args)
                                               for script, keys, args in calls[start:start + CONCURRENT_CALLS]))
         return results
+    # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, a round trip per call.
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)
-        return await pipe.execute()
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+    lost = [n for n, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+    if lost:  # a restarted or flushed server: load the scripts, then run (only) the calls that did not run
+        for script in {calls[n][0] for n in lost}:
+            await client.script_load(script.script)
+        for n, result in zip(lost, await run_scripts(client, [calls[n] for n in lost]), strict=True):
+            results[n] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 async def retrying(call: Callable[[], Awaitable[T]], max_wait_s: float = 5.0) -> T:
