@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 
 from relevo.core.decay import factor
 from relevo.core.keys import SHARDS, Keys
+from relevo.core.lua import script
+from relevo.core.redis import run_scripts
 from relevo.features.definitions import (
     ITEM_COUNTS,
     REGION_ACTIVITY,
@@ -38,8 +40,10 @@ from relevo.features.updates import bucket_price
 
 TOP_N = 50  # members a read returns of a feature without a bound of its own, and of every region feature
 
+READ_LUA = script(__package__, "read.lua")
+
 # The fields a read of each entity can return, and the features each is made from: a read
-# queues only the features of the fields asked for, all on one pipeline.
+# queues only the features of the fields asked for.
 USER_FIELDS: dict[str, tuple[Feature, ...]] = {
     "items": (USER_ITEMS,), "categories": (USER_CATEGORIES,), "recent_items": (USER_RECENT_ITEMS,),
     "recent_queries": (USER_RECENT_QUERIES,), "session_id": (USER_SESSIONS,),
@@ -75,12 +79,17 @@ def _read_time(requested: int | None, clock: int) -> int:
     return requested
 
 
-def _decayed(rows: list[tuple[bytes, float]], landmark: bytes | None, feature: Feature,
-             as_of: int) -> dict[str, float]:
-    if not rows or landmark is None:
+def _decayed(flat: list[bytes], landmark: bytes | None, feature: Feature, as_of: int) -> dict[str, float]:
+    """Members and their sums (``[member, sum, ...]``, as stored against ``landmark``) as of ``as_of``.
+
+    >>> from relevo.features.definitions import USER_ITEMS
+    >>> _decayed([b"i1", b"4", b"i2", b"1"], b"0", USER_ITEMS, int(USER_ITEMS.half_life_s * 1000))
+    {'i1': 2.0, 'i2': 0.5}
+    """
+    if not flat or landmark is None:
         return {}
     scale = factor(as_of - int(float(landmark)), feature.half_life_s)
-    return {member.decode(): score * scale for member, score in rows}
+    return {member.decode(): float(score) * scale for member, score in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def _members(rows: list[bytes]) -> list[str]:
@@ -139,35 +148,42 @@ def _chosen(known: dict[str, tuple[Feature, ...]], fields: Collection[str] | Non
 
 
 class _Reads:
-    """Feature reads queued on one pipeline; a value is taken from the replies by where it was queued."""
+    """Feature reads as script calls, one per entity (an entity's keys share a slot), the clock's
+    first; a value is taken from the replies by where it was queued."""
 
-    def __init__(self, pipe: Any, keys: Keys, first: int) -> None:
-        self.pipe, self.keys, self.next = pipe, keys, first
-        self.slots: dict[tuple[Feature, str], int] = {}
+    def __init__(self, script: Any, keys: Keys) -> None:
+        self.script, self.keys = script, keys
+        self.calls: list[tuple[Any, list[str], list[str]]] = [(script, [keys.clock], ["g"])]
+        self.slots: dict[tuple[Feature, str], tuple[int, int]] = {}  # -> (call, first reply of the call)
 
     def queue(self, features: Iterable[Feature], entity_id: str) -> None:
+        names: list[str] = []
+        ops: list[str] = []
         for feature in features:
-            self.slots[feature, entity_id] = self.next
+            self.slots[feature, entity_id] = len(self.calls), len(names)
             key = self.keys.entity(feature.entity, entity_id, feature.name)
             if feature.aggregation == "decayed":
-                self.pipe.zrevrange(key, 0, _read_top(feature) - 1, withscores=True)
-                self.pipe.get(key + "~L")
-                self.next += 2
+                names += [key, key + "~L"]
+                ops += [f"s{_read_top(feature)}", "g"]
             else:
-                self.pipe.zrevrange(key, 0, -1) if feature.aggregation == "latest" else self.pipe.hgetall(key)
-                self.next += 1
+                names.append(key)
+                ops.append("m" if feature.aggregation == "latest" else "h")
+        if names:
+            self.calls.append((self.script, names, ops))
 
     def values(self, replies: list[Any], features: Iterable[Feature], entity_id: str, as_of: int,
                ) -> dict[Feature, Any]:
         out: dict[Feature, Any] = {}
         for feature in features:
-            at = self.slots[feature, entity_id]
+            call, at = self.slots[feature, entity_id]
+            reply = replies[call]
             if feature.aggregation == "decayed":
-                out[feature] = _decayed(replies[at], replies[at + 1], feature, as_of)
+                out[feature] = _decayed(reply[at], reply[at + 1], feature, as_of)
             elif feature.aggregation == "latest":
-                out[feature] = _members(replies[at])
+                out[feature] = _members(reply[at])
             else:
-                out[feature] = {name.decode(): float(n) for name, n in replies[at].items()}
+                flat = reply[at]
+                out[feature] = {name.decode(): float(n) for name, n in zip(flat[::2], flat[1::2], strict=True)}
         return out
 
 
@@ -212,14 +228,16 @@ def _with_ctr(counts: dict[str, float]) -> dict[str, float]:
 class OnlineStore:
     """Reads user, region and item features (as of the stream clock unless told otherwise).
 
-    A read of any number of entities is one pipeline: the clock and, per entity, only the
-    features behind the fields asked for (``USER_FIELDS``, ``REGION_FIELDS``); a user's
-    ``session_items`` take a second, since the session is known only once read. An
+    A read of any number of entities is one round trip (``read.lua``): the clock and, per
+    entity, one script call reading only the features behind the fields asked for
+    (``USER_FIELDS``, ``REGION_FIELDS``); a user's ``session_items`` take a second, since the
+    session is known only once read. An
     entity is ``None`` when none of the features read hold anything.
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis, self.keys = redis, keys
+        self._read = redis.register_script(READ_LUA)
 
     async def clock(self) -> int:
         return await self._as_of(await self.redis.get(self.keys.clock))
@@ -254,17 +272,15 @@ class OnlineStore:
         user_names, region_names = _chosen(USER_FIELDS, user_fields), _chosen(REGION_FIELDS, region_fields)
         user_features = {f for name in user_names for f in USER_FIELDS[name]} - {SESSION_ITEMS}
         region_features = {f for name in region_names for f in REGION_FIELDS[name]}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.clock)
-            reads = _Reads(pipe, self.keys, first=1)
-            for user_id in users:
-                reads.queue(user_features, user_id)
-            for region in regions:
-                reads.queue(region_features, region)
-            for item_id in items:
-                reads.queue((ITEM_COUNTS,), item_id)
-            replies = await pipe.execute()
-        as_of = _read_time(as_of, await self._as_of(replies[0]))
+        reads = _Reads(self._read, self.keys)
+        for user_id in users:
+            reads.queue(user_features, user_id)
+        for region in regions:
+            reads.queue(region_features, region)
+        for item_id in items:
+            reads.queue((ITEM_COUNTS,), item_id)
+        replies = await run_scripts(self.redis, reads.calls)
+        as_of = _read_time(as_of, await self._as_of(replies[0][0]))
         user_values = [reads.values(replies, user_features, u, as_of) for u in users]
         sessions = [next(iter(v[USER_SESSIONS]), None) if "session_items" in user_names else None
                     for v in user_values]
@@ -285,11 +301,7 @@ class OnlineStore:
         return found_users, found_regions, found_items
 
     async def _session_items(self, sessions: list[str | None]) -> list[list[str]]:
-        """The items of each session (none for ``None``), read on one pipeline."""
-        if not any(sessions):
-            return [[] for _ in sessions]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for session in filter(None, sessions):
-                pipe.zrevrange(self.keys.entity("session", session, SESSION_ITEMS.name), 0, -1)
-            replies = iter(await pipe.execute())
-        return [_members(next(replies)) if session else [] for session in sessions]
+        """The items of each session (none for ``None``), read together."""
+        keys = [self.keys.entity("session", s, SESSION_ITEMS.name) for s in sessions if s]
+        replies = iter(await run_scripts(self.redis, [(self._read, [key], ["m"]) for key in keys]) if keys else [])
+        return [_members(next(replies)[0]) if session else [] for session in sessions]

@@ -45,6 +45,17 @@ async def test_a_read_of_some_fields_is_the_full_read_cut_down(store) -> None:
         await reader.user(users[0], fields=["colour"])
 
 
+async def test_reads_and_writes_outlive_a_script_flush(store, redis_url) -> None:
+    writer, reader = store
+    await writer.process(synthetic_events(100, seed=4))
+    before = await reader.user("u1")
+    await writer.redis.script_flush()  # what a restarted or failed-over server has lost
+    assert await reader.user("u1") == before
+    await writer.redis.script_flush()
+    await writer.process(synthetic_events(100, seed=5, prefix="again-"))
+    assert counters(redis.Redis.from_url(redis_url), "t")["events_applied"] == 200
+
+
 async def test_features_match_plain_python_recomputation(store) -> None:
     writer, reader = store
     events = synthetic_events(400)
