@@ -108,8 +108,8 @@ def require(scope: str) -> Callable[..., frozenset[str]]:
     """A FastAPI dependency: the request's key must grant ``scope``; returns every scope it grants."""
     env = f"RELEVO_{scope.upper()}_KEYS"
 
-    def check(request: Request, x_api_key: str | None = Header(default=None, max_length=MAX_KEY_CHARS)
-              ) -> frozenset[str]:
+    async def check(request: Request, x_api_key: str | None = Header(default=None, max_length=MAX_KEY_CHARS)
+                    ) -> frozenset[str]:  # async: FastAPI would run a plain def in a thread, per request
         ring = keyring(request)
         if not ring.configured(scope):
             raise HTTPException(403, f"no {scope} keys are configured on this server: set {env} "
