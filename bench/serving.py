@@ -92,6 +92,12 @@ class Requests:
         self.users, self.regions, self.searches, self.events = users, regions, searches, events
         self._batches = itertools.count()
 
+    def suggest(self, i: int) -> dict:
+        """The first 1-5 letters of the i-th real query (every 7th event's), typed by a busy user in its region."""
+        typed = [e for e in self.events[::7] if e.get("query")]
+        e = typed[i * 7919 % len(typed)]
+        return {"prefix": e["query"][:1 + i % 5], "user_id": self.users[i % len(self.users)], "region": e["region"]}
+
     def features(self, i: int) -> dict:
         return {"users": [self.users[i % len(self.users)]], "regions": [self.regions[i % len(self.regions)]]}
 
@@ -209,6 +215,9 @@ def main() -> None:
             def search(i: int) -> None:
                 http.get("/v1/search", params=requests.search(i)).raise_for_status()
 
+            def suggest(i: int) -> None:
+                http.get("/v1/suggest", params=requests.suggest(i)).raise_for_status()
+
             def ingest(i: int) -> None:
                 http.post("/v1/events", json=requests.ingest(), headers=ingest_key).raise_for_status()
             api = psutil.Process(rt.api.pid)
@@ -224,6 +233,7 @@ def main() -> None:
             floor = measured("health", health, args.requests)
             over_http = measured("vector", vector, args.requests)
             single = measured("user", user_only, args.requests)
+            suggested = measured("suggest", suggest, args.requests)
             searched = measured("search", search, args.requests // 10)
             ingested = measured("ingest", ingest, args.requests // 10)
         sequential = {"GET /healthz": floor, "POST /v1/features/batch": over_http, "GET /v1/search": searched,
@@ -245,6 +255,7 @@ def main() -> None:
         ("user + region read in-process from Redis (baseline)", None, direct),
         ("POST /v1/features/batch, one user + one region", "vector", over_http),
         ("GET /v1/features/users/{id}", "user", single),
+        ("GET /v1/suggest, a user's prefix in a region", "suggest", suggested),
         ("GET /v1/search, a user, region and locale, k=20", "search", searched),
         (f"POST /v1/events, {INGEST_BATCH} events", "ingest", ingested),
     ]]
@@ -254,7 +265,8 @@ def main() -> None:
                  "searches: 2-4 first words of real Amazon titles in their market over the 16k Amazon products; "
                  "one sequential keep-alive client; API = uvicorn, one process, measured once the worker has "
                  "drained. API CPU: user + system time of the API process over each route's requests (psutil). "
-                 "Target: the batch's p99 ≤ 1.5 × /healthz's.")
+                 "Suggest: the first 1-5 letters of real Trivago queries, personalised for a busy user. "
+                 "Target: the batch's and suggest's p99 ≤ 1.5 × /healthz's.")
     mix_rows = [[route, clients[route], len(xs), percentile(xs, 0.5), percentile(xs, 0.99),
                  percentile(without_search[route], 0.99) if route in without_search else "–",
                  percentile(sequential[route], 0.99)]
@@ -270,6 +282,8 @@ def main() -> None:
     mix = {route: percentile(xs, 0.99) for route, xs in under_mix.items()}
     print(f"RESULT serving p99_ms={percentile(over_http, 0.99):.2f} healthz_p99_ms={percentile(floor, 0.99):.2f} "
           f"cpu_ratio_to_healthz={cpu['vector'] / cpu['health']:.2f} "
+          f"suggest_p99_ms={percentile(suggested, 0.99):.2f} "
+          f"suggest_cpu_ratio_to_healthz={cpu['suggest'] / cpu['health']:.2f} "
           f"search_p99_ms={percentile(searched, 0.99):.2f} mixed_feature_p99_ms={mix['POST /v1/features/batch']:.2f} "
           f"mixed_search_p99_ms={mix['GET /v1/search']:.2f} mixed_ingest_p99_ms={mix['POST /v1/events']:.2f} "
           f"mixed_healthz_p99_ms={mix['GET /healthz']:.2f} "
