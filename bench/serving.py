@@ -25,11 +25,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+import redis
 import redis.asyncio as aioredis
 
 from bench.report import record, table
 from bench.search_latency import CACHE, queries
-from bench.throughput import cpu_seconds
+from bench.throughput import cpu_seconds, redis_cpu
 from relevo.core.keys import Keys
 from relevo.core.settings import SHARED_DATA, Settings
 from relevo.core.stats import percentile, read_counters
@@ -220,13 +221,15 @@ def main() -> None:
 
             def ingest(i: int) -> None:
                 http.post("/v1/events", json=requests.ingest(), headers=ingest_key).raise_for_status()
-            api = psutil.Process(rt.api.pid)
+            api, store = psutil.Process(rt.api.pid), redis.Redis.from_url(rt.settings.redis_url)
             cpu: dict[str, float] = {}  # the API's CPU µs per request, per route
+            store_cpu: dict[str, float] = {}  # and the Redis server's
 
             def measured(name: str, call, n: int) -> list[float]:  # type: ignore[no-untyped-def]
-                before = cpu_seconds(api)
+                before, store_before = cpu_seconds(api), redis_cpu(store)
                 out = timed(call, n)
                 cpu[name] = (cpu_seconds(api) - before) / n * 1e6
+                store_cpu[name] = (redis_cpu(store) - store_before) / n * 1e6
                 return out
             timed(vector, 200)
             timed(search, 20)
@@ -249,7 +252,8 @@ def main() -> None:
         under_mix = asyncio.run(mixed(rt.api_url, headers, clients, routes(requests), "GET /v1/search",
                                       args.mixed_searches))
 
-    rows = [[name, len(xs), percentile(xs, 0.5), percentile(xs, 0.99), round(cpu[route]) if route else "–"]
+    rows = [[name, len(xs), percentile(xs, 0.5), percentile(xs, 0.99), *((round(cpu[route]), round(store_cpu[route]))
+                                                                         if route else ("–", "–"))]
             for name, route, xs in [
         ("GET /healthz over HTTP (baseline: HTTP floor)", "health", floor),
         ("user + region read in-process from Redis (baseline)", None, direct),
@@ -260,7 +264,7 @@ def main() -> None:
         (f"POST /v1/events, {INGEST_BATCH} events", "ingest", ingested),
     ]]
     record("Feature serving latency over HTTP (loopback)", None,
-           table(["request", "n", "p50 ms", "p99 ms", "API CPU µs/request"], rows),
+           table(["request", "n", "p50 ms", "p99 ms", "API CPU µs/request", "Redis CPU µs/request"], rows),
            notes="Features from the full Trivago replay; the 200 busiest users and 20 busiest regions in turn; "
                  "searches: 2-4 first words of real Amazon titles in their market over the 16k Amazon products; "
                  "one sequential keep-alive client; API = uvicorn, one process, measured once the worker has "
