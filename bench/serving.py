@@ -91,12 +91,12 @@ class Requests:
     def __init__(self, users: list[str], regions: list[str], searches: list[tuple[str, str, str]],
                  events: list[dict]) -> None:
         self.users, self.regions, self.searches, self.events = users, regions, searches, events
+        self.typed = [e for e in events[::7] if e.get("query")]  # the events whose queries suggest() types
         self._batches = itertools.count()
 
     def suggest(self, i: int) -> dict:
-        """The first 1-5 letters of the i-th real query (every 7th event's), typed by a busy user in its region."""
-        typed = [e for e in self.events[::7] if e.get("query")]
-        e = typed[i * 7919 % len(typed)]
+        """The first 1-5 letters of a real query, typed by a busy user in the query's region."""
+        e = self.typed[i * 7919 % len(self.typed)]
         return {"prefix": e["query"][:1 + i % 5], "user_id": self.users[i % len(self.users)], "region": e["region"]}
 
     def features(self, i: int) -> dict:
