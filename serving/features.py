@@ -9,16 +9,15 @@ event applied and can only be projected forward).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from relevo.core.codes import MAX_REGION_CHARS, canonical_region
 from relevo.features.online import REGION_FIELDS, USER_FIELDS, AsOfBeforeClock, OnlineStore
 from relevo.serving.auth import READ
-from relevo.serving.schemas import ERRORS, FeatureBatch, ItemFeatures, RegionFeatures, UserFeatures
+from relevo.serving.schemas import ERRORS, FeatureBatch, ItemFeatures, RegionFeatures, UserFeatures, orjson_response
 from relevo.streams.events import MAX_FUTURE_MS, MAX_ID_LEN, MIN_TS_MS
 
 router = APIRouter(prefix="/v1/features", tags=["features"], dependencies=[READ],
@@ -44,12 +43,6 @@ UserFields = Annotated[list[UserField] | None, Query(description="the fields to 
 RegionFields = Annotated[list[RegionField] | None, Query(description="the fields to read (repeat it); default: all")]
 
 
-def _json(body: Any) -> Response:
-    # orjson straight to bytes: the response models above document these bodies, and checking every
-    # one against them again would cost as much as the read.
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
 async def _one(request: Request, kind: str, entity_id: str, as_of: int | None,
                fields: list[str] | None = None) -> Response:
     store: OnlineStore = request.app.state.store
@@ -61,7 +54,7 @@ async def _one(request: Request, kind: str, entity_id: str, as_of: int | None,
         raise HTTPException(422, str(exc)) from None
     if found is None:
         raise HTTPException(404, f"no features for {kind} {entity_id!r}")
-    return _json(found)
+    return orjson_response(found)
 
 
 @router.get("/users/{user_id}", response_model=UserFeatures)
@@ -97,6 +90,6 @@ async def batch_features(request: Request, query: BatchQuery) -> Response:
     regions = [_region(r) for r in query.regions]
     users, found_regions, items = await store.many(query.users, regions, query.items, user_fields=query.user_fields,
                                                    region_fields=query.region_fields)
-    return _json({"users": dict(zip(query.users, users, strict=True)),
+    return orjson_response({"users": dict(zip(query.users, users, strict=True)),
                   "regions": dict(zip(query.regions, found_regions, strict=True)),
                   "items": dict(zip(query.items, items, strict=True))})
