@@ -231,8 +231,8 @@ class OnlineStore:
     A read of any number of entities is one round trip (``read.lua``): the clock and, per
     entity, one script call reading only the features behind the fields asked for
     (``USER_FIELDS``, ``REGION_FIELDS``); a user's ``session_items`` take a second, since the
-    session is known only once read. An
-    entity is ``None`` when none of the features read hold anything.
+    session is known only once read. An entity is ``None`` when none of the features read hold
+    anything.
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
