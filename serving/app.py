@@ -277,5 +277,7 @@ def serve(settings: Settings) -> None:
     torch.set_num_threads(1)  # small models; more threads only contend with the event loop
     tune_for_large_heaps()  # every replica holds the region partitions' ranking context
 
+    # Keep-alive longer than a load balancer's idle timeout (60 s on most), so the side that sends
+    # next never finds its connection closed under it (uvicorn's default is 5 s).
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, loop="uvloop",
-                http="httptools", log_level=settings.log_level.lower(), access_log=False)  # both in C
+                http="httptools", timeout_keep_alive=75, log_level=settings.log_level.lower(), access_log=False)
