@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -36,11 +37,38 @@ def is_cluster(url: str) -> bool:
         return False
 
 
+class _PackedInC:
+    """Commands packed by hiredis in C, as redis-py's blocking client does: its asyncio
+    connections pack every argument in Python, which took 590 µs for one script call of the
+    writer with 300 keys, against hiredis's 45 µs (and the same bytes)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # a command name of two words ("CLIENT SETNAME") goes as two
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise redis.DataError(str(exc)) from exc
+
+
+@lru_cache(maxsize=8)
+def _packing_in_c(connection_class: type) -> type:
+    return type(connection_class.__name__, (_PackedInC, connection_class), {})
+
+
 def connect(url: str, **options: object) -> AnyRedis:
     """An asyncio client for ``url``: a cluster client when the server is a cluster node."""
     if is_cluster(url):
-        return AsyncRedisCluster.from_url(url, **options)
-    return aioredis.Redis.from_url(url, **options)
+        cluster = AsyncRedisCluster.from_url(url, **options)
+        kwargs = cluster.nodes_manager.connection_kwargs  # what every node it discovers connects with
+        kwargs["connection_class"] = _packing_in_c(kwargs.get("connection_class", aioredis.Connection))
+        return cluster
+    client = aioredis.Redis.from_url(url, **options)
+    pool = client.connection_pool
+    pool.connection_class = _packing_in_c(pool.connection_class)  # the URL's class: TCP, TLS or unix socket
+    return client
 
 
 def connect_sync(url: str) -> redis.Redis | RedisCluster:

@@ -10,6 +10,7 @@ import redis
 import redis.asyncio as aioredis
 
 from relevo.core.keys import Keys
+from relevo.core.redis import connect
 from relevo.features import writer as writer_module
 from relevo.features.definitions import REGION_ITEMS, USER_ITEMS, USER_WEIGHTS
 from relevo.features.online import OnlineStore
@@ -20,7 +21,7 @@ from tests.streamkit import T0, counters, expected_decayed, synthetic_events
 
 @pytest.fixture
 async def store(redis_db, redis_url):
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     yield FeatureWriter(client, Keys("t")), OnlineStore(client, Keys("t"))
     await client.aclose()
 
@@ -140,3 +141,11 @@ async def test_a_batch_that_fails_before_any_apply_is_unclaimed(store, redis_url
     await reference.process(events)
     assert await reader.user("u1") == await OnlineStore(writer.redis, Keys("t-ref")).user("u1")
     assert counters(redis.Redis.from_url(redis_url), "t")["events_applied"] == len(events)
+
+
+def test_commands_packed_in_c_are_the_bytes_redis_py_packs() -> None:
+    python_packed = aioredis.Connection()  # redis-py's own packer
+    c_packed = connect("redis://127.0.0.1:1/0").connection_pool.connection_class()
+    for args in [("SET", "k", 0.1), ("CLIENT SETNAME", "w"), ("EVALSHA", "f" * 40, 2, "rv:{1}:a", "é", b"\x00\xff",
+                                                              1e20, 3.0, -5, 1 / 3)]:
+        assert c_packed.pack_command(*args) == [b"".join(python_packed.pack_command(*args))]
