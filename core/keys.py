@@ -62,6 +62,12 @@ def dedupe_buckets(base: str, window_s: int, now_s: float) -> tuple[list[str], i
     return [f"{base}:b{current - i}" for i in range(DEDUPE_BUCKETS + 1)], window_s + size
 
 
+@lru_cache(maxsize=1 << 16)  # bounded as safe_id's: an entity's features share its part and shard
+def _entity_part(entity: str, entity_id: str) -> tuple[str, int]:
+    part = f"{entity}:{safe_id(entity_id)}"
+    return part, shard_of(part)
+
+
 @dataclass(frozen=True)
 class Keys:
     """Names of every Redis key Relevo uses, under one prefix."""
@@ -69,23 +75,16 @@ class Keys:
     prefix: str = "rv"
 
     def entity(self, entity: str, entity_id: str, feature: str) -> str:
-        part = f"{entity}:{safe_id(entity_id)}"
-        return f"{self.prefix}:{{{shard_of(part)}}}:{part}:{feature}"
+        return self.located(entity, entity_id, feature)[0]
 
-    @lru_cache(maxsize=1 << 16)  # noqa: B019  (bounded; Keys are few and live as long as the process)
     def located(self, entity: str, entity_id: str, feature: str) -> tuple[str, int]:
         """``entity(...)`` and its shard: what a writer groups updates by, for every update of a batch."""
-        key = self.entity(entity, entity_id, feature)
-        return key, self.shard(key)
+        part, shard = _entity_part(entity, entity_id)
+        return f"{self.prefix}:{{{shard}}}:{part}:{feature}", shard
 
     def in_shard(self, shard: int, name: str) -> str:
         """A shard's own bookkeeping key (same slot as the shard's entities)."""
         return f"{self.prefix}:{{{shard}}}:{name}"
-
-    @staticmethod
-    def shard(key: str) -> int:
-        """The shard of a key made by ``entity`` or ``in_shard``."""
-        return int(key[key.index("{") + 1:key.index("}")])
 
     @property
     def stats(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from itertools import chain
 
 from relevo.core.decay import rate_per_ms
 from relevo.core.keys import Keys
@@ -77,10 +78,11 @@ class BatchUpdate:
         """The updates as ``[feature index (0-based), key, [member, value, ...]]`` rows, per key shard."""
         self._fold()
         shards: dict[int, list[list[object]]] = {}
+        located, flatten = keys.located, chain.from_iterable
         for (feature, entity_id), members in self.groups.items():
-            flat: list[object] = []
-            for member, value in members.items():
-                flat += (member, value)
-            key, shard = keys.located(feature.entity, entity_id, feature.name)
-            shards.setdefault(shard, []).append([INDEX[feature], key, flat])
+            key, shard = located(feature.entity, entity_id, feature.name)
+            rows = shards.get(shard)
+            if rows is None:
+                rows = shards[shard] = []
+            rows.append([INDEX[feature], key, list(flatten(members.items()))])
         return shards
