@@ -58,16 +58,23 @@ def _packing_in_c(connection_class: type) -> type:
     return type(connection_class.__name__, (_PackedInC, connection_class), {})
 
 
-def connect(url: str, **options: object) -> AnyRedis:
-    """An asyncio client for ``url``: a cluster client when the server is a cluster node."""
+def connect(url: str, wait_for_connection_s: float | None = None, **options: Any) -> AnyRedis:
+    """An asyncio client for ``url``: a cluster client when the server is a cluster node.
+
+    With ``wait_for_connection_s`` a call waits that long for a free connection of a single
+    server's pool (redis-py's default pool fails at once when all its connections are busy)."""
     if is_cluster(url):
         cluster = AsyncRedisCluster.from_url(url, **options)
         kwargs = cluster.nodes_manager.connection_kwargs  # what every node it discovers connects with
         kwargs["connection_class"] = _packing_in_c(kwargs.get("connection_class", aioredis.Connection))
         return cluster
-    client = aioredis.Redis.from_url(url, **options)
-    pool = client.connection_pool
+    if wait_for_connection_s is None:
+        pool = aioredis.ConnectionPool.from_url(url, **options)
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(url, timeout=wait_for_connection_s, **options)
     pool.connection_class = _packing_in_c(pool.connection_class)  # the URL's class: TCP, TLS or unix socket
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as from_url's: closing the client closes its pool
     return client
 
 

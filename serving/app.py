@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -30,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from relevo import __version__
 from relevo.core.heap import tune_for_large_heaps
 from relevo.core.keys import Keys
-from relevo.core.redis import AnyRedis, connect, is_cluster
+from relevo.core.redis import AnyRedis, connect
 from relevo.core.settings import Settings
 from relevo.core.stats import read_counters
 from relevo.core.supervision import Supervisor
@@ -143,12 +142,8 @@ def open_redis(settings: Settings) -> AnyRedis:
     """The API's Redis client: a sized pool where a request waits for a free connection
     (redis-py's default pool fails at once when its connections are busy), every wait bounded."""
     t = settings.redis_timeout_s
-    options = {"socket_timeout": t, "socket_connect_timeout": t}
-    if is_cluster(settings.redis_url):
-        return connect(settings.redis_url, max_connections=settings.redis_pool_size, **options)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_pool_size, timeout=t, **options)
-    return aioredis.Redis(connection_pool=pool)
+    return connect(settings.redis_url, wait_for_connection_s=t, max_connections=settings.redis_pool_size,
+                   socket_timeout=t, socket_connect_timeout=t)
 
 
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

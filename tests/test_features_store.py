@@ -145,7 +145,7 @@ async def test_a_batch_that_fails_before_any_apply_is_unclaimed(store, redis_url
 
 def test_commands_packed_in_c_are_the_bytes_redis_py_packs() -> None:
     python_packed = aioredis.Connection()  # redis-py's own packer
-    c_packed = connect("redis://127.0.0.1:1/0").connection_pool.connection_class()
+    c_packed = connect("redis://127.0.0.1:1/0", wait_for_connection_s=1).connection_pool.connection_class()
     for args in [("SET", "k", 0.1), ("CLIENT SETNAME", "w"), ("EVALSHA", "f" * 40, 2, "rv:{1}:a", "é", b"\x00\xff",
                                                               1e20, 3.0, -5, 1 / 3)]:
         assert c_packed.pack_command(*args) == [b"".join(python_packed.pack_command(*args))]
