@@ -19,18 +19,24 @@ for b = 1, buckets do
     end
   end
 end
-local duplicates, new = {}, 0
+local duplicates, fields, new = {}, {}, 0
 for _, pair in ipairs(p.ids) do
   local id, position = pair[1], pair[2]
   local was = claimed[id]
   if not was then
-    redis.call("HSET", KEYS[1], id, position)
+    fields[#fields + 1] = id
+    fields[#fields + 1] = position
+    claimed[id] = position  -- an id twice in one call: the first is claimed, the second is a duplicate
     new = new + 1
   elseif position == "" or was ~= position then
     duplicates[#duplicates + 1] = id
   end
 end
-if new > 0 then redis.call("EXPIRE", KEYS[1], p.ttl) end
+if new > 0 then
+  -- one HSET per chunk, not per id (CHUNK is even: id and position stay together)
+  chunks(fields, function(...) redis.call("HSET", KEYS[1], ...) end)
+  redis.call("EXPIRE", KEYS[1], p.ttl)
+end
 redis.call("HINCRBY", KEYS[#KEYS], "events_applied", new)
 if #duplicates > 0 then redis.call("HINCRBY", KEYS[#KEYS], "events_duplicate", #duplicates) end
 return duplicates
