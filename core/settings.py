@@ -89,7 +89,8 @@ class Settings:
                                      "run each worker's region and global stages in a child process of their own "
                                      "(a second core) instead of beside its agent; the worker exits when it dies")
     checkpoint_s: float = _env_field("RELEVO_CHECKPOINT_S", 10.0, "how often each partition of the region "
-                                     "and global stages snapshots its state")
+                                     "and global stages snapshots its state (at most: a state whose "
+                                     "pickling takes longer is saved less often)")
     alert_webhook_url: str = _env_field("RELEVO_ALERT_WEBHOOK_URL", "", "POST drift alerts here (empty: off)")
     alert_webhook_timeout_s: float = _env_field("RELEVO_ALERT_WEBHOOK_TIMEOUT_S", 2.0, "webhook timeout")
     alert_webhook_retries: int = _env_field("RELEVO_ALERT_WEBHOOK_RETRIES", 3, "webhook retries")

@@ -3,7 +3,8 @@
 A stage is a consumer group over an internal topic (``events.by_region``, keyed by
 region; ``drift.global``): each partition's state lives in the worker the group assigns
 it to. The state is snapshotted to Redis with the offset of the last record it reflects
-(every ``checkpoint_s``, after its outputs were delivered, and when the partition is
+(every ``checkpoint_s``, or less often when pickling a large state would take more than
+``SNAPSHOT_SHARE`` of the time, after its outputs were delivered, and when the partition is
 revoked) and restored when the partition is assigned, reading resuming just after that
 offset. No offsets are committed: the snapshot is the position. A worker killed at any
 point therefore leaves a state that replays to exactly where it was; outputs made after
@@ -27,6 +28,7 @@ from relevo.core.keys import Keys
 from relevo.core.redis import retrying
 
 log = logging.getLogger(__name__)
+SNAPSHOT_SHARE = 0.02  # at most this share of a stage's time goes to pickling snapshots
 
 
 class PartitionState(Protocol):
@@ -62,10 +64,13 @@ class Snapshots:
     def key(self, partition: int) -> str:
         return self.keys.stage_state(self.stage, partition)
 
-    async def save(self, partition: int, offset: int, state: Any) -> int:
+    async def save(self, partition: int, offset: int, state: Any) -> tuple[int, float]:
+        """Save ``state`` as of ``offset``; its size in bytes and the CPU seconds pickling it took."""
+        started = time.thread_time()  # this thread's CPU only: nothing else runs while pickle works
         data = pickle.dumps((self.epoch, offset, state), protocol=pickle.HIGHEST_PROTOCOL)
+        pickling_s = time.thread_time() - started
         await self.redis.set(self.key(partition), data)
-        return len(data)
+        return len(data), pickling_s
 
     async def load(self, partition: int) -> tuple[int, Any] | None:
         data = await self.redis.get(self.key(partition))
@@ -136,6 +141,7 @@ class PartitionedStage:
             auto_offset_reset="earliest", session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(500, session_ms // 3), max_poll_interval_ms=max(300_000, session_ms))
         self._saved_at = time.monotonic()
+        self._every_s = checkpoint_s
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.start()
@@ -153,7 +159,7 @@ class PartitionedStage:
                 if not any(polled.values()):  # idle: what waits on the wall clock (a throttled write) goes out
                     for state in list(self.states.values()):
                         await retrying(state.flush)
-                if time.monotonic() - self._saved_at >= self.checkpoint_s:
+                if time.monotonic() - self._saved_at >= self._every_s:
                     await retrying(lambda: self.checkpoint(list(self.states)))
         finally:
             await retrying(lambda: self.checkpoint(list(self.states)))
@@ -163,14 +169,17 @@ class PartitionedStage:
         """Deliver every output made so far, then snapshot ``partitions``."""
         self._saved_at = time.monotonic()
         await self.outputs.flush()
+        pickling_s = 0.0
         for partition in partitions:
             offset = self.offsets.get(partition, -1)
             # A partition that read nothing since its last snapshot has nothing new to save.
             if partition in self.states and offset >= 0 and self._saved.get(partition) != offset:
-                size = await self.snapshots.save(partition, offset, self.states[partition].dump())
-                self._saved[partition] = offset
-                log.debug("%s p%d: snapshot of %d bytes at offset %d", self.name, partition, size,
-                          self.offsets[partition])
+                size, seconds = await self.snapshots.save(partition, offset, self.states[partition].dump())
+                self._saved[partition], pickling_s = offset, pickling_s + seconds
+                log.debug("%s p%d: snapshot of %d bytes at offset %d in %.3f s", self.name, partition, size,
+                          offset, seconds)
+        if len(partitions) == len(self.states):  # a full round: its cost sets when the next one is due
+            self._every_s = max(self.checkpoint_s, pickling_s / SNAPSHOT_SHARE)
 
     async def assign(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
