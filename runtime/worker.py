@@ -59,7 +59,7 @@ def _check(settings: Settings) -> None:
 
 def build_processors(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs: Outputs,
                      progress: SourceProgress) -> list[BatchProcessor]:
-    """What runs on each batch of the event topics, in order; the region forwarder always last."""
+    """What runs on each batch of the event topics (all at once), the region forwarder among them."""
     _check(settings)
     processors: list[BatchProcessor] = []
     for name in settings.processor_names:

@@ -1,8 +1,8 @@
 """What the worker does with a validated batch of events.
 
 The Faust agent stays a short loop: it decodes a batch of records, sends what
-fails validation to the DLQ, and hands the valid events to each processor in
-turn. A processor is plain Python, testable without Kafka.
+fails validation to the DLQ, and hands the valid events to every processor at
+once (none reads another's output). A processor is plain Python, testable without Kafka.
 """
 
 from __future__ import annotations
