@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from relevo.core.keys import Keys
 from relevo.core.redis import retrying
@@ -150,12 +150,7 @@ class PartitionedStage:
             while not stop.is_set():
                 polled = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 for tp, records in polled.items():
-                    state = self.states.get(tp.partition)
-                    if state is None or not records:
-                        continue  # revoked meanwhile
-                    state.handle([r.value for r in records])
-                    self.offsets[tp.partition] = records[-1].offset
-                    await retrying(state.flush)
+                    await self._handle(tp.partition, records)
                 if not any(polled.values()):  # idle: what waits on the wall clock (a throttled write) goes out
                     for state in list(self.states.values()):
                         await retrying(state.flush)
@@ -164,6 +159,19 @@ class PartitionedStage:
         finally:
             await retrying(lambda: self.checkpoint(list(self.states)))
             await self.consumer.stop()
+
+    async def _handle(self, partition: int, records: Sequence[ConsumerRecord]) -> None:
+        """Apply ``records`` a record at a time, letting the agent in between: the loop is shared
+        with the feature writes, whose freshness a long run of region records would hold up."""
+        state = self.states.get(partition)
+        for record in records:
+            if state is None or self.states.get(partition) is not state:
+                return  # revoked meanwhile
+            state.handle([record.value])
+            self.offsets[partition] = record.offset  # so a snapshot taken between records is exact
+            await asyncio.sleep(0)
+        if state is not None:
+            await retrying(state.flush)
 
     async def checkpoint(self, partitions: Sequence[int]) -> None:
         """Deliver every output made so far, then snapshot ``partitions``."""
