@@ -28,6 +28,7 @@ from relevo.core.keys import Keys
 from relevo.core.redis import retrying
 
 log = logging.getLogger(__name__)
+SLICE_RECORDS = 50  # region records applied between yields (one at a time cost the single-event path ~15%)
 SNAPSHOT_SHARE = 0.02  # at most this share of a stage's time goes to pickling snapshots
 
 
@@ -161,14 +162,15 @@ class PartitionedStage:
             await self.consumer.stop()
 
     async def _handle(self, partition: int, records: Sequence[ConsumerRecord]) -> None:
-        """Apply ``records`` a record at a time, letting the agent in between: the loop is shared
-        with the feature writes, whose freshness a long run of region records would hold up."""
+        """Apply ``records`` in slices of ``SLICE_RECORDS``, yielding to the loop between them: it
+        is shared with the feature writes, whose freshness a long run of region records would hold up."""
         state = self.states.get(partition)
-        for record in records:
+        for start in range(0, len(records), SLICE_RECORDS):
             if state is None or self.states.get(partition) is not state:
                 return  # revoked meanwhile
-            state.handle([record.value])
-            self.offsets[partition] = record.offset  # so a snapshot taken between records is exact
+            piece = records[start:start + SLICE_RECORDS]
+            state.handle([record.value for record in piece])
+            self.offsets[partition] = piece[-1].offset  # so a snapshot taken between slices is exact
             await asyncio.sleep(0)
         if state is not None:
             await retrying(state.flush)
