@@ -32,7 +32,9 @@ def main(bootstrap: str, topic: str, n: int, out: Path) -> None:
             if count == 1:
                 first, cpu = time.perf_counter(), time.process_time()
             if count == n:
-                out.write_text(f"{time.perf_counter() - first} {time.process_time() - cpu}")
+                partial = out.with_suffix(".partial")  # renamed when whole: the reader polls for ``out``
+                partial.write_text(f"{time.perf_counter() - first} {time.process_time() - cpu}")
+                partial.replace(out)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
