@@ -120,7 +120,7 @@ def run_worker(settings: Settings, n_events: int, workers: int = 1) -> Run:
 
 def time_noop_faust(bootstrap: str, topic: str, n_records: int, tmp: Path) -> Run:
     out = tmp / f"noop-{topic}.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.noop_agent", bootstrap, topic, str(n_records),
+    proc = subprocess.Popen([sys.executable, "-m", "bench._noop_agent", bootstrap, topic, str(n_records),
                              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900

@@ -1,6 +1,7 @@
 """A Faust agent that does nothing with its records: the ceiling our worker is measured against.
 
-Run as ``python -m bench.noop_agent BOOTSTRAP TOPIC N OUT``: consumes N records
+Not a benchmark: ``bench.throughput`` runs it as ``python -m bench._noop_agent BOOTSTRAP TOPIC N OUT``
+and prints the RESULT line. It consumes N records
 and writes to OUT the seconds between the first and the Nth, and the process's CPU
 seconds (user + system) over the same span.
 """
