@@ -23,6 +23,7 @@ events that follow the search, so an example never sees its own outcome.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -107,16 +108,9 @@ class DecayedCounts:
 
     def many(self, keys: Sequence[str], ts: int) -> list[float]:
         """``get`` of each key (one call per list: this runs for every item of every search)."""
-        values, rate, exp = self._values, rate_per_ms(self.half_life_ms / 1000), math.exp
-        out = []
-        for key in keys:
-            entry = values.get(key)
-            if entry is None:
-                out.append(0.0)
-            else:
-                value, at = entry
-                out.append(value if ts <= at else value * exp((at - ts) * rate))
-        return out
+        rate, exp = rate_per_ms(self.half_life_ms / 1000), math.exp
+        return [0.0 if entry is None else entry[0] if ts <= entry[1] else entry[0] * exp((entry[1] - ts) * rate)
+                for entry in map(self._values.get, keys)]
 
     def get(self, key: str, ts: int) -> float:
         entry = self._values.get(key)
@@ -161,6 +155,18 @@ class _Lru(OrderedDict):
                 self.popitem(last=False)
         self.move_to_end(key)
         return self[key]
+
+
+@functools.cache
+def _positions(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``position_inverse`` and ``position_fraction`` columns of a list of ``n`` (one per length)."""
+    return tuple(1.0 / (1 + p) for p in range(n)), tuple(p / max(n - 1, 1) for p in range(n))
+
+
+@functools.lru_cache(maxsize=4096)
+def _offsets(n: int, last_pos: int) -> tuple[float, ...]:
+    """The ``offset_from_last_touched`` column: each position's distance from ``last_pos``, within ±5."""
+    return tuple(max(-5, min(5, p - last_pos)) / 5 for p in range(n))
 
 
 def _rank_fraction(values: Sequence[float]) -> list[float]:
@@ -245,7 +251,12 @@ class ContextState:
         return rank, gap
 
     def features(self, search: dict[str, Any]) -> list[list[float]]:
-        """One row of ``FEATURES`` per result of ``search``, as of its ``ts``."""
+        """One row of ``FEATURES`` per result of ``search``, as of its ``ts``.
+
+        Built a column at a time: most columns are constant over the list or one
+        comprehension (they run in C), and only the few items the session touched
+        need a value of their own; the rows are the columns zipped.
+        """
         items: list[str] = list(search.get("results", ()))
         n, ts = len(items), search["ts"]
         session: Session = self.sessions.get(search["session_id"]) or Session()
@@ -258,8 +269,6 @@ class ContextState:
         price_rank, price_gap = self._price_features(prices)
         session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
         idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
-        context = [idle, math.log1p(session.searches), float(search.get("device") == "mobile"),
-                   math.log1p(len(search.get("filters") or ()))]
         zeros = [0.0] * n
         region_pop = stats.popularity.many(items, ts) if stats else zeros
         region_rank = _rank_fraction([-p for p in region_pop])
@@ -267,57 +276,49 @@ class ContextState:
         item_clicks = stats.clicks.many(items, ts) if stats else zeros
         user = self.users.get(search["user_id"], {})
         last_clicked = last_pos is not None and touches[items[last_pos]].clicks > 0
+        shown, searched, last_click = session.shown, session.searched, session.last_click
+        log1p, log, exp = math.log1p, math.log, math.exp
+
+        # the columns of the items the session touched (the rest stay 0)
+        touched, count, recent, latest, fresh, grade, clicks, age = ([0.0] * n for _ in range(8))
+        for p in touched_here:
+            touch = touches[items[p]]
+            age_ms, rank = max(0, ts - touch.last_ts), recency[items[p]]
+            touched[p], count[p], recent[p], latest[p] = 1.0, log1p(touch.count), 1.0 / (1 + rank), float(rank == 0)
+            fresh[p], grade[p] = exp(-age_ms / self.freshness_ms), touch.grade / 4
+            clicks[p], age[p] = log1p(touch.clicks), log1p(age_ms / 1000) / 10
+        after_last = [0.0] * n
+        if last_pos is None:
+            offset = zeros
+        else:
+            offset = _offsets(n, last_pos)
+            if last_pos + 1 < n:
+                after_last[last_pos + 1] = 1.0
         # the session rule: touched items first, most recent first, then the rest in the shown order
         by_rule = sorted(touched_here, key=lambda p: (recency[items[p]], p))
         by_rule += [p for p in range(n) if items[p] not in touches]
-        rule_rank = {p: rank for rank, p in enumerate(by_rule)}
-        # the same for every item of the list
-        touched_any, session_breadth = float(last_pos is not None), math.log1p(len(touches))
-        last_pos_share = 0.0 if last_pos is None else last_pos / max(n, 1)
-        shown, searched, last_click, freshness_ms = session.shown, session.searched, session.last_click, \
-            self.freshness_ms
-        log1p, log, exp = math.log1p, math.log, math.exp
-        # per item, computed a list at a time (map and comprehensions run in C)
-        pop_log, impressions_log = list(map(log1p, region_pop)), list(map(log1p, impressions))
-        ctr = [(c + 0.1) / (i + 1.0) for c, i in zip(item_clicks, impressions, strict=True)]
-        affinity = [log1p(user.get(item, 0)) for item in items]
-        shown_log = [log1p(shown.get(item, 0)) for item in items]
-        span, list_length, next_pos = max(n - 1, 1), n / 25, -1 if last_pos is None else last_pos + 1
-        clicked_last, untouched = float(last_clicked), (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        rows = []
-        for p, item in enumerate(items):
-            touch = touches.get(item)
-            offset = 0.0 if last_pos is None else max(-5, min(5, p - last_pos)) / 5
-            if touch is None:
-                touched, clicks, age = untouched, 0.0, 0.0
-            else:
-                age_ms = max(0, ts - touch.last_ts)
-                rank = recency[item]
-                touched = (1.0, log1p(touch.count), 1.0 / (1 + rank), float(rank == 0),
-                           exp(-age_ms / freshness_ms), touch.grade / 4)
-                clicks, age = log1p(touch.clicks), log1p(age_ms / 1000) / 10
-            price = prices[p]
-            rows.append([
-                1.0 / (1 + p), p / span, price_rank[p], price_gap[p],
-                *touched,
-                float(p == next_pos),
-                offset,
-                touched_any,
-                pop_log[p], 1.0 - region_rank[p],
-                affinity[p],
-                session_breadth, list_length,
-                shown_log[p],
-                clicks,
-                float(item == last_click),
-                ctr[p],
-                impressions_log[p],
-                last_pos_share,
-                age,
-                1.0 / (1 + rule_rank[p]),
-                clicked_last,
-                float(item in searched),
-                offset if last_clicked else 0.0,
-                max(-2.0, min(2.0, log(price) - session_price)) if session_price and price else 0.0,
-                *context,
-            ])
-        return rows
+        rule = [0.0] * n
+        for rank, p in enumerate(by_rule):
+            rule[p] = 1.0 / (1 + rank)
+        columns = [
+            *_positions(n), price_rank, price_gap,
+            touched, count, recent, latest, fresh, grade,
+            after_last, offset, [float(last_pos is not None)] * n,
+            list(map(log1p, region_pop)), [1.0 - r for r in region_rank],
+            [log1p(user.get(item, 0)) for item in items],
+            [log1p(len(touches))] * n, [n / 25] * n,
+            [log1p(shown.get(item, 0)) for item in items],
+            clicks,
+            [float(item == last_click) for item in items],
+            [(c + 0.1) / (i + 1.0) for c, i in zip(item_clicks, impressions, strict=True)],
+            list(map(log1p, impressions)),
+            [0.0 if last_pos is None else last_pos / max(n, 1)] * n,
+            age, rule, [float(last_clicked)] * n,
+            [float(item in searched) for item in items],
+            offset if last_clicked else zeros,
+            [max(-2.0, min(2.0, log(price) - session_price)) if session_price and price else 0.0
+             for price in prices],
+            [idle] * n, [log1p(session.searches)] * n, [float(search.get("device") == "mobile")] * n,
+            [log1p(len(search.get("filters") or ()))] * n,
+        ]
+        return list(map(list, zip(*columns, strict=True)))
