@@ -125,3 +125,7 @@ class GlobalDrift:
 
     def dump(self) -> CombinedState:
         return self.state
+
+    def settled(self) -> bool:
+        """Every bucket received has become observations."""
+        return not self.state.pending

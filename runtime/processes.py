@@ -56,7 +56,7 @@ async def _drain_state(settings: Settings) -> tuple[bool, tuple[int, ...]]:
             saved = await Snapshots(redis, keys, REGIONS, settings.log_epoch).load(partition)
             merge = saved[1]["merge"] if saved else None
             positions.append(saved[0] if saved else -1)
-            done = done and positions[-1] >= 0 and not len(merge) and merge.watermark() == float("inf")
+            done = done and positions[-1] >= 0 and merge.drained()
         if "drift" in settings.processor_names:
             saved = await Snapshots(redis, keys, GLOBAL, settings.log_epoch).load(0)
             positions.append(saved[0] if saved else -1)

@@ -156,6 +156,10 @@ class EventTimeMerge:
         self._held.append((key, event))
         return True
 
+    def drained(self) -> bool:
+        """Every source idle and nothing held: all that was sent is released."""
+        return not self._held and self.watermark() == float("inf")
+
     def _idle(self, state: _Source) -> bool:
         mark = state.mark
         return mark is not None and mark.lag == 0 and mark.at - state.still_since >= self.idle_ms

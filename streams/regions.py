@@ -158,6 +158,10 @@ class RegionPartition:
     def dump(self) -> dict[str, Any]:
         return {"merge": self.merge, "operators": {op.name: op.state for op in self.operators}}
 
+    def settled(self) -> bool:
+        """Every source idle and every event applied (what ``Runtime.drained`` waits for)."""
+        return self.merge.drained()
+
 
 async def follow_regions(settings: Settings, snapshots: Snapshots, make_state: MakeState,
                          stop: asyncio.Event | None = None) -> None:

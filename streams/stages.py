@@ -2,10 +2,11 @@
 
 A stage is a consumer group over an internal topic (``events.by_region``, keyed by
 region; ``drift.global``): each partition's state lives in the worker the group assigns
-it to. The state is snapshotted to Redis with the offset of the last record it reflects
-(every ``checkpoint_s``, or less often when pickling a large state would take more than
-``SNAPSHOT_SHARE`` of the time, after its outputs were delivered, and when the partition is
-revoked) and restored when the partition is assigned, reading resuming just after that
+it to. The state is snapshotted to Redis with the offset of the last record it reflects,
+after its outputs were delivered: every ``checkpoint_s`` (less often when pickling a large
+state would take more than ``SNAPSHOT_SHARE`` of the time), at once when a partition
+settles (it has applied all it was sent), and when the partition is revoked. It is
+restored when the partition is assigned, reading resuming just after that
 offset. No offsets are committed: the snapshot is the position. A worker killed at any
 point therefore leaves a state that replays to exactly where it was; outputs made after
 the last snapshot are made again (at least once: alerts carry stable ids, the trainer
@@ -44,6 +45,9 @@ class PartitionState(Protocol):
 
     def dump(self) -> Any:
         """The picklable state (``make_state`` takes it back)."""
+
+    def settled(self) -> bool:
+        """Whether it holds nothing back: everything read so far is applied and its outputs made."""
 
 
 MakeState = Callable[[int, Any | None], PartitionState]  # (partition, restored dump or None) -> state
@@ -135,6 +139,7 @@ class PartitionedStage:
         self.states: dict[int, PartitionState] = {}
         self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
         self._saved: dict[int, int] = {}  # the offset each partition's last snapshot reflects
+        self._settled: dict[int, bool] = {}  # whether each partition had settled after its last records
         self.max_records = max_records
         session_ms = int(session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -174,6 +179,11 @@ class PartitionedStage:
             await asyncio.sleep(0)
         if state is not None:
             await retrying(state.flush)
+            # Settling (a burst fully applied) is rare and the stage has time then: a snapshot now
+            # leaves a restart nothing to replay, and whoever waits for the stage sees it done.
+            was_settled, self._settled[partition] = self._settled.get(partition, True), state.settled()
+            if self._settled[partition] and not was_settled:
+                await retrying(lambda: self.checkpoint([partition]))
 
     async def checkpoint(self, partitions: Sequence[int]) -> None:
         """Deliver every output made so far, then snapshot ``partitions``."""
@@ -210,6 +220,7 @@ class PartitionedStage:
             self.states.pop(partition, None)
             self.offsets.pop(partition, None)
             self._saved.pop(partition, None)
+            self._settled.pop(partition, None)
 
 
 class _Listener(ConsumerRebalanceListener):

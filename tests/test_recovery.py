@@ -161,6 +161,19 @@ def test_supervision_restarts_a_crashed_worker(tmp_path, kafka_bootstrap, redis_
     assert "worker-0 exited with code -9" in caplog.text and "worker-0 restarted" in caplog.text
 
 
+def test_a_stage_that_has_applied_everything_saves_its_state_at_once(tmp_path, kafka_bootstrap, redis_url) -> None:
+    """A region partition that settles (every source idle, every event applied) snapshots then,
+    not at its next checkpoint: a restart replays nothing, and ``wait_drained`` returns."""
+    events = synthetic_events(400, seed=9, users=6, prefix="st")
+    client = redis.Redis.from_url(redis_url)
+    with running(tmp_path, kafka_bootstrap, redis_url, "t-settle", "st", idle_s=1.0, checkpoint_s=3600.0,
+                 processors="features,drift,examples") as rt:
+        rt.wait_workers_ready()
+        send(rt.settings, events)
+        wait_applied(client, "st", len(events))
+        rt.wait_drained(timeout=120)  # no checkpoint is due within the hour: only settling saves
+
+
 def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url) -> None:
     """The in-memory broker comes back empty, its offsets from 0 again: the events sent to it
     afterwards are all applied (none taken for a replay of the log before), and the region
