@@ -47,6 +47,12 @@ def _identifier() -> Any:
     return identifier
 
 
+def load() -> None:
+    """Load the model now: a stream that identifies queries (drift) would otherwise pay for it
+    (~0.3 s, up to a second on a busy machine) inside the first batch that has one."""
+    _identifier()
+
+
 def locale_language(locale: str | None) -> str:
     """The language subtag of a locale, as the identifier spells it: 'nb-NO' -> 'no'."""
     language = (locale or "").split("-", 1)[0].lower()

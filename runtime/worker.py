@@ -24,6 +24,7 @@ import faust
 import redis.asyncio as aioredis
 import uvloop
 
+from relevo.core import language
 from relevo.core.heap import tune_for_large_heaps
 from relevo.core.keys import Keys
 from relevo.core.redis import connect
@@ -123,6 +124,7 @@ def build_stages(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs:
                                make_state=region_partition,
                                snapshots=Snapshots(redis, keys, REGIONS, settings.log_epoch), **common)]
     if "drift" in settings.processor_names:
+        language.load()  # before any batch waits for it
         store = AlertStore(redis, keys)
         stages.append(PartitionedStage(
             GLOBAL, topic=settings.topic(DRIFT_GLOBAL), group=f"{settings.app_id}-{GLOBAL}",
