@@ -124,7 +124,6 @@ def build_stages(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs:
                                make_state=region_partition,
                                snapshots=Snapshots(redis, keys, REGIONS, settings.log_epoch), **common)]
     if "drift" in settings.processor_names:
-        language.load()  # before any batch waits for it
         store = AlertStore(redis, keys)
         stages.append(PartitionedStage(
             GLOBAL, topic=settings.topic(DRIFT_GLOBAL), group=f"{settings.app_id}-{GLOBAL}",
@@ -151,6 +150,8 @@ def run_worker(settings: Settings) -> None:
     if settings.stage_process:
         _start_stage_process(settings)
     else:
+        _preload(settings)
+
         def stages(redis: aioredis.Redis, outputs: Outputs) -> list[PartitionedStage]:
             return build_stages(settings, redis, keys, outputs)
     app = create_app(settings,
@@ -158,6 +159,13 @@ def run_worker(settings: Settings) -> None:
                      stages)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
+
+
+def _preload(settings: Settings) -> None:
+    """Load now what the stages would otherwise load on the loop, inside their first batch:
+    the language model drift identifies queries with (0.7 s of blocked loop, measured)."""
+    if "drift" in settings.processor_names:
+        language.load()
 
 
 def _start_stage_process(settings: Settings) -> None:
@@ -179,6 +187,7 @@ def run_stages(settings: Settings) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     logging.basicConfig(level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     tune_for_large_heaps()
+    _preload(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
