@@ -139,7 +139,7 @@ class PartitionedStage:
         self.states: dict[int, PartitionState] = {}
         self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
         self._saved: dict[int, int] = {}  # the offset each partition's last snapshot reflects
-        self._settled: dict[int, bool] = {}  # whether each partition had settled after its last records
+        self._settled: dict[int, bool] = {}  # whether each partition had settled after its last records (and saved then)
         self.max_records = max_records
         session_ms = int(session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -181,7 +181,8 @@ class PartitionedStage:
             await retrying(state.flush)
             # Settling (a burst fully applied) is rare and the stage has time then: a snapshot now
             # leaves a restart nothing to replay, and whoever waits for the stage sees it done.
-            was_settled, self._settled[partition] = self._settled.get(partition, True), state.settled()
+            # A partition new here counts as unsettled: its first records may settle it at once.
+            was_settled, self._settled[partition] = self._settled.get(partition, False), state.settled()
             if self._settled[partition] and not was_settled:
                 await retrying(lambda: self.checkpoint([partition]))
 
