@@ -24,6 +24,7 @@ from pathlib import Path
 
 # The public datasets live beside the project checkout, in ``../shared/data``.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+POPULARITY_HALF_LIFE_S = 6 * 3600.0  # per-region item counts: a clickstream's day moves them
 
 
 def _env_field(env: str, default: object, doc: str) -> object:
@@ -100,8 +101,8 @@ class Settings:
                                             "decayed distinct sessions before a query is suggested")
     registry_dir: str = _env_field("RELEVO_REGISTRY_DIR", "", "model registry directory (empty: <data dir>/models)")
     popularity_half_life_s: float = _env_field(
-        "RELEVO_POPULARITY_HALF_LIFE_S", 6 * 3600.0, "half-life of the per-region item counts the ranking context "
-        "keeps (popularity, click-through): hours for a busy clickstream, months for a slow catalog")
+        "RELEVO_POPULARITY_HALF_LIFE_S", POPULARITY_HALF_LIFE_S, "half-life of the per-region item counts the "
+        "ranking context keeps (popularity, click-through): hours for a busy clickstream, months for a slow catalog")
     examples_wait_s: float = _env_field("RELEVO_EXAMPLES_WAIT_S", 10.0,
                                         "event time a search waits for its clicks, carts and purchases")
     examples_batch_size: int = _env_field("RELEVO_EXAMPLES_BATCH_SIZE", 256, "labelled lists per training batch")

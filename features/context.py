@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relevo.core.decay import factor, rate_per_ms
+from relevo.core.settings import POPULARITY_HALF_LIFE_S
 
 # Relevance grade of each interaction kind; "shown only" is 0.
 GRADES = {"view": 1, "click": 2, "cart": 3, "purchase": 4}
-POPULARITY_HALF_LIFE_S = 6 * 3600.0  # per-region item counts: a clickstream's day moves them (a setting)
 
 FEATURES = (
     "position_inverse", "position_fraction", "price_rank", "price_vs_median",

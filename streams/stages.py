@@ -139,7 +139,7 @@ class PartitionedStage:
         self.states: dict[int, PartitionState] = {}
         self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
         self._saved: dict[int, int] = {}  # the offset each partition's last snapshot reflects
-        self._settled: dict[int, bool] = {}  # whether each partition had settled after its last records (and saved then)
+        self._settled: dict[int, bool] = {}  # whether each partition settled (and saved) after its last records
         self.max_records = max_records
         session_ms = int(session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
