@@ -62,10 +62,16 @@ def dedupe_buckets(base: str, window_s: int, now_s: float) -> tuple[list[str], i
     return [f"{base}:b{current - i}" for i in range(DEDUPE_BUCKETS + 1)], window_s + size
 
 
-@lru_cache(maxsize=1 << 16)  # bounded as safe_id's: an entity's features share its part and shard
-def _entity_part(entity: str, entity_id: str) -> tuple[str, int]:
-    part = f"{entity}:{safe_id(entity_id)}"
+def _part(entity: str, entity_id: str) -> tuple[str, int]:
+    part = f"{entity}:{_encode(entity_id)}"
     return part, shard_of(part)
+
+
+_part_cached = lru_cache(maxsize=1 << 16)(_part)  # bounded as safe_id's: an entity's features share it
+
+
+def _entity_part(entity: str, entity_id: str) -> tuple[str, int]:
+    return _part_cached(entity, entity_id) if len(entity_id) <= CACHED_ID_CHARS else _part(entity, entity_id)
 
 
 @dataclass(frozen=True)
