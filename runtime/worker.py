@@ -41,7 +41,7 @@ from relevo.streams.eventtime import SourceProgress
 from relevo.streams.processors import BatchProcessor
 from relevo.streams.regions import STAGE as REGIONS
 from relevo.streams.regions import RegionForwarder, RegionOperator, RegionPartition, sources
-from relevo.streams.stages import Outputs, PartitionedStage, Snapshots
+from relevo.streams.stages import Outputs, PartitionedStage, Snapshots, run_all
 from relevo.streams.topics import BY_REGION, DRIFT_ALERTS, DRIFT_GLOBAL, TRAIN_BATCHES
 from relevo.suggestions.config import SuggestConfig
 from relevo.suggestions.processor import SuggestionUpdater
@@ -195,8 +195,7 @@ def run_stages(settings: Settings) -> None:
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         redis, outputs = connect(settings.redis_url), Outputs(settings.kafka_bootstrap_servers)
         try:
-            await asyncio.gather(*(stage.run(stop) for stage in build_stages(settings, redis, Keys(settings.key_prefix),
-                                                                              outputs)))
+            await run_all(build_stages(settings, redis, Keys(settings.key_prefix), outputs), stop)
         finally:
             await outputs.stop()
             await redis.aclose()

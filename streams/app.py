@@ -31,7 +31,7 @@ from relevo.streams.eventtime import SourceProgress, source_of
 from relevo.streams.lag import group_positions
 from relevo.streams.pipeline import EventPipeline, Record
 from relevo.streams.processors import BatchProcessor
-from relevo.streams.stages import Outputs, PartitionedStage
+from relevo.streams.stages import Outputs, PartitionedStage, run_all
 from relevo.streams.topics import DLQ, event_topics
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,8 @@ def create_app(settings: Settings, build_processors: BuildProcessors,
             await pipeline.tick()
 
     @app.task
-    async def run_stages() -> None:
-        stages = build_stages(redis, outputs) if build_stages else []
-        stop = asyncio.Event()
-        try:
-            await asyncio.gather(*(stage.run(stop) for stage in stages))
-        finally:
-            stop.set()
+    async def stages() -> None:
+        await run_all(build_stages(redis, outputs) if build_stages else [], asyncio.Event())
 
     async def send_dlq(value: bytes, headers: dict[str, str]) -> None:
         await dead_letters.send(value=value, headers={k: v.encode() for k, v in headers.items()})

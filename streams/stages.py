@@ -224,6 +224,14 @@ class PartitionedStage:
             self._settled.pop(partition, None)
 
 
+async def run_all(stages: Sequence[PartitionedStage], stop: asyncio.Event) -> None:
+    """Run ``stages`` until ``stop`` is set; when one fails, the others stop (and save) too."""
+    try:
+        await asyncio.gather(*(stage.run(stop) for stage in stages))
+    finally:
+        stop.set()
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, stage: PartitionedStage) -> None:
         self.stage = stage
