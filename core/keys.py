@@ -70,10 +70,6 @@ def _part(entity: str, entity_id: str) -> tuple[str, int]:
 _part_cached = lru_cache(maxsize=1 << 16)(_part)  # bounded as safe_id's: an entity's features share it
 
 
-def _entity_part(entity: str, entity_id: str) -> tuple[str, int]:
-    return _part_cached(entity, entity_id) if len(entity_id) <= CACHED_ID_CHARS else _part(entity, entity_id)
-
-
 @dataclass(frozen=True)
 class Keys:
     """Names of every Redis key Relevo uses, under one prefix."""
@@ -85,7 +81,8 @@ class Keys:
 
     def located(self, entity: str, entity_id: str, feature: str) -> tuple[str, int]:
         """``entity(...)`` and its shard: what a writer groups updates by, for every update of a batch."""
-        part, shard = _entity_part(entity, entity_id)
+        # Chosen here, not in a helper: this runs for every update a writer makes.
+        part, shard = (_part_cached if len(entity_id) <= CACHED_ID_CHARS else _part)(entity, entity_id)
         return f"{self.prefix}:{{{shard}}}:{part}:{feature}", shard
 
     def in_shard(self, shard: int, name: str) -> str:
