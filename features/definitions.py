@@ -24,7 +24,7 @@ from typing import Literal
 HOUR = 3600.0
 DAY = 24 * HOUR
 
-Entity = Literal["user", "session", "region", "item"]
+Entity = Literal["user", "region", "item"]
 Aggregation = Literal["decayed", "latest", "count"]
 
 
@@ -61,8 +61,10 @@ USER_REGIONS = Feature("regions", "user", "decayed", "regions the user shops in"
                        ttl_s=int(30 * DAY), half_life_s=30 * DAY, max_members=8)
 USER_PRICES = Feature("prices", "user", "decayed", "prices clicked and paid, in quarter-octave buckets",
                       ttl_s=int(30 * DAY), half_life_s=30 * DAY, max_members=64)
-SESSION_ITEMS = Feature("items", "session", "latest", "items touched in the session",
-                        ttl_s=int(2 * HOUR), max_members=50)
+# Kept under the user, not a session entity of its own: a read of the user's latest session
+# items is then one call in the user's slot (members are ``session_item(session, item)``).
+USER_SESSION_ITEMS = Feature("session_items", "user", "latest", "items touched in the user's latest sessions",
+                             ttl_s=int(2 * HOUR), max_members=50)
 REGION_ITEMS = Feature("items", "region", "decayed", "item popularity (click 1, cart 2, buy 4)",
                        ttl_s=int(14 * DAY), half_life_s=1 * DAY, max_members=2000)
 REGION_QUERIES = Feature("queries", "region", "decayed", "query popularity",
@@ -76,7 +78,7 @@ ITEM_COUNTS = Feature("counts", "item", "count", "impressions, clicks, purchases
 
 FEATURES: tuple[Feature, ...] = (
     USER_ITEMS, USER_CATEGORIES, USER_RECENT_ITEMS, USER_RECENT_QUERIES, USER_SESSIONS,
-    USER_LOCALES, USER_REGIONS, USER_PRICES, SESSION_ITEMS,
+    USER_LOCALES, USER_REGIONS, USER_PRICES, USER_SESSION_ITEMS,
     REGION_ITEMS, REGION_QUERIES, REGION_ACTIVITY, REGION_CATEGORIES, ITEM_COUNTS,
 )
 

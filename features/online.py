@@ -25,7 +25,6 @@ from relevo.features.definitions import (
     REGION_CATEGORIES,
     REGION_ITEMS,
     REGION_QUERIES,
-    SESSION_ITEMS,
     USER_CATEGORIES,
     USER_ITEMS,
     USER_LOCALES,
@@ -33,10 +32,11 @@ from relevo.features.definitions import (
     USER_RECENT_ITEMS,
     USER_RECENT_QUERIES,
     USER_REGIONS,
+    USER_SESSION_ITEMS,
     USER_SESSIONS,
     Feature,
 )
-from relevo.features.updates import bucket_price
+from relevo.features.updates import bucket_price, items_of_session
 
 TOP_N = 50  # members a read returns of a feature without a bound of its own, and of every region feature
 
@@ -47,7 +47,7 @@ READ_LUA = script(__package__, "read.lua")
 USER_FIELDS: dict[str, tuple[Feature, ...]] = {
     "items": (USER_ITEMS,), "categories": (USER_CATEGORIES,), "recent_items": (USER_RECENT_ITEMS,),
     "recent_queries": (USER_RECENT_QUERIES,), "session_id": (USER_SESSIONS,),
-    "session_items": (USER_SESSIONS, SESSION_ITEMS), "locale": (USER_LOCALES,), "region": (USER_REGIONS,),
+    "session_items": (USER_SESSIONS, USER_SESSION_ITEMS), "locale": (USER_LOCALES,), "region": (USER_REGIONS,),
     "price_band": (USER_PRICES,),
 }
 REGION_FIELDS: dict[str, tuple[Feature, ...]] = {
@@ -187,11 +187,12 @@ class _Reads:
         return out
 
 
-def _user_field(name: str, values: dict[Feature, Any], session_items: list[str]) -> Any:
+def _user_field(name: str, values: dict[Feature, Any]) -> Any:
     if name == "session_id":
         return next(iter(values[USER_SESSIONS]), None)
     if name == "session_items":
-        return session_items
+        session = next(iter(values[USER_SESSIONS]), None)
+        return items_of_session(values[USER_SESSION_ITEMS], session) if session else []
     if name in ("locale", "region"):
         return _argmax(values[USER_FIELDS[name][0]])
     if name == "price_band":
@@ -230,9 +231,8 @@ class OnlineStore:
 
     A read of any number of entities is one round trip (``read.lua``): the clock and, per
     entity, one script call reading only the features behind the fields asked for
-    (``USER_FIELDS``, ``REGION_FIELDS``); a user's ``session_items`` take a second, since the
-    session is known only once read. An entity is ``None`` when none of the features read hold
-    anything.
+    (``USER_FIELDS``, ``REGION_FIELDS``). An entity is ``None`` when none of the features read
+    hold anything.
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
@@ -270,7 +270,7 @@ class OnlineStore:
         """Features of many users, regions and items (``None`` where unknown): the ``user_fields``
         and ``region_fields`` asked for (all by default), each item's counts."""
         user_names, region_names = _chosen(USER_FIELDS, user_fields), _chosen(REGION_FIELDS, region_fields)
-        user_features = {f for name in user_names for f in USER_FIELDS[name]} - {SESSION_ITEMS}
+        user_features = {f for name in user_names for f in USER_FIELDS[name]}
         region_features = {f for name in region_names for f in REGION_FIELDS[name]}
         reads = _Reads(self._read, self.keys)
         for user_id in users:
@@ -281,14 +281,11 @@ class OnlineStore:
             reads.queue((ITEM_COUNTS,), item_id)
         replies = await run_scripts(self.redis, reads.calls)
         as_of = _read_time(as_of, await self._as_of(replies[0][0]))
-        user_values = [reads.values(replies, user_features, u, as_of) for u in users]
-        sessions = [next(iter(v[USER_SESSIONS]), None) if "session_items" in user_names else None
-                    for v in user_values]
-        session_items = await self._session_items(sessions)
-        found_users = [
-            {"user_id": user_id, **{name: _user_field(name, values, session_items[n]) for name in user_names},
-             "as_of": as_of} if any(values.values()) else None
-            for n, (user_id, values) in enumerate(zip(users, user_values, strict=True))]
+        found_users = []
+        for user_id in users:
+            values = reads.values(replies, user_features, user_id, as_of)
+            found_users.append({"user_id": user_id, **{name: _user_field(name, values) for name in user_names},
+                                "as_of": as_of} if any(values.values()) else None)
         found_regions = []
         for region in regions:
             values = reads.values(replies, region_features, region, as_of)
@@ -299,9 +296,3 @@ class OnlineStore:
             counts = reads.values(replies, (ITEM_COUNTS,), item_id, as_of)[ITEM_COUNTS]
             found_items.append(_item(item_id, counts) if counts else None)
         return found_users, found_regions, found_items
-
-    async def _session_items(self, sessions: list[str | None]) -> list[list[str]]:
-        """The items of each session (none for ``None``), read together."""
-        keys = [self.keys.entity("session", s, SESSION_ITEMS.name) for s in sessions if s]
-        replies = iter(await run_scripts(self.redis, [(self._read, [key], ["m"]) for key in keys]) if keys else [])
-        return [_members(next(replies)[0]) if session else [] for session in sessions]

@@ -8,7 +8,7 @@ keep it (``relevo.features.batch`` aggregates a whole batch before it reaches Re
 ...              "session_id": "s1", "region": "FR", "locale": "fr-FR", "item_id": "i9",
 ...              "kind": "click", "price": 80.0}, sink)
 >>> sorted({(f.entity, f.name) for _, f, *_ in sink.calls})[:4]
-[('item', 'counts'), ('region', 'activity'), ('region', 'items'), ('session', 'items')]
+[('item', 'counts'), ('region', 'activity'), ('region', 'items'), ('user', 'items')]
 >>> price_bucket(80.0), bucket_price("6.25")
 ('6.25', 76.1)
 """
@@ -16,7 +16,7 @@ keep it (``relevo.features.batch`` aggregates a whole batch before it reaches Re
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from relevo.core.text import normalize
@@ -27,7 +27,6 @@ from relevo.features.definitions import (
     REGION_ITEMS,
     REGION_QUERIES,
     REGION_WEIGHTS,
-    SESSION_ITEMS,
     USER_CATEGORIES,
     USER_ITEMS,
     USER_LOCALES,
@@ -35,6 +34,7 @@ from relevo.features.definitions import (
     USER_RECENT_ITEMS,
     USER_RECENT_QUERIES,
     USER_REGIONS,
+    USER_SESSION_ITEMS,
     USER_SESSIONS,
     USER_WEIGHTS,
     Feature,
@@ -75,6 +75,24 @@ class RecordingSink:
             self.count(feature, entity_id, member, 1)
 
 
+SESSION_SEPARATOR = "\x1f"  # ids are printable (the event contract), so neither part can hold it
+
+
+def session_item(session_id: str, item_id: str) -> str:
+    """The member of ``USER_SESSION_ITEMS`` saying ``item_id`` was touched in ``session_id``."""
+    return f"{session_id}{SESSION_SEPARATOR}{item_id}"
+
+
+def items_of_session(members: Iterable[str], session_id: str) -> list[str]:
+    """The items of ``session_id`` among ``USER_SESSION_ITEMS`` members, in their order.
+
+    >>> items_of_session([session_item("s2", "i3"), session_item("s1", "i1"), session_item("s2", "i:2")], "s2")
+    ['i3', 'i:2']
+    """
+    prefix = session_id + SESSION_SEPARATOR
+    return [member[len(prefix):] for member in members if member.startswith(prefix)]
+
+
 def price_bucket(price: float) -> str:
     """Quarter-octave bucket of a price: close prices share a bucket, on any currency's scale."""
     return f"{round(math.log2(price) * 4) / 4:g}"
@@ -96,7 +114,7 @@ def _user_side(event: Event, weight: float, sink: UpdateSink) -> None:
         return
     sink.decayed(USER_ITEMS, user, item, weight, ts)
     sink.latest(USER_RECENT_ITEMS, user, item, ts)
-    sink.latest(SESSION_ITEMS, event["session_id"], item, ts)
+    sink.latest(USER_SESSION_ITEMS, user, session_item(event["session_id"], item), ts)
     if event.get("category"):
         sink.decayed(USER_CATEGORIES, user, event["category"], weight, ts)
     if event.get("price"):

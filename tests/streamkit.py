@@ -100,7 +100,7 @@ def _feature_keys(client: redis.Redis, prefix: str) -> dict[str, str]:
     found = {}
     for key in client.scan_iter(f"{prefix}:*"):
         name = key.decode()[len(prefix) + 1:].split(":", 1)[-1]
-        if name.split(":")[0] in ("user", "session", "region", "item") and not name.endswith("~L"):
+        if name.split(":")[0] in ("user", "region", "item") and not name.endswith("~L"):
             found[name] = key.decode()  # not a feature: dedupe sets, counters, other processors' keys, landmarks
     return found
 

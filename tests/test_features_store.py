@@ -109,6 +109,19 @@ async def test_redelivered_and_reordered_batches_apply_once(store, redis_db) -> 
     assert again["items"] == pytest.approx(once["items"], rel=1e-9)
 
 
+async def test_session_items_are_the_latest_sessions_in_one_round_trip(store) -> None:
+    writer, reader = store
+    click = {"type": "click", "user_id": "u", "region": "FR", "kind": "click"}
+    await writer.process([{**click, "event_id": f"e{n}", "ts": T0 + n, "session_id": session, "item_id": item}
+                          for n, (session, item) in enumerate([("s1", "a"), ("s2", "b:1"), ("s1", "c"),
+                                                               ("s2", "d"), ("s2", "b:1")])])
+    await reader.user("u")  # the read script loaded
+    await reader.redis.config_resetstat()
+    user = await reader.user("u", fields=["session_id", "session_items"])
+    calls = (await reader.redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert (user["session_id"], user["session_items"], calls) == ("s2", ["b:1", "d"], 2)  # the clock's, the user's
+
+
 async def test_unknown_entities_and_hostile_ids(store) -> None:
     writer, reader = store
     assert await reader.user("nobody") is None
