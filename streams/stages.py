@@ -5,7 +5,8 @@ region; ``drift.global``): each partition's state lives in the worker the group 
 it to. The state is snapshotted to Redis with the offset of the last record it reflects,
 after its outputs were delivered: every ``checkpoint_s`` (less often when pickling a large
 state would take more than ``SNAPSHOT_SHARE`` of the time), at once when a partition
-settles (it has applied all it was sent), and when the partition is revoked. It is
+settles (it has applied all it was sent) or the stage goes idle after reading (within the
+same share of the time), and when the partition is revoked. It is
 restored when the partition is assigned, reading resuming just after that
 offset. No offsets are committed: the snapshot is the position. A worker killed at any
 point therefore leaves a state that replays to exactly where it was; outputs made after
@@ -140,6 +141,7 @@ class PartitionedStage:
         self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
         self._saved: dict[int, int] = {}  # the offset each partition's last snapshot reflects
         self._settled: dict[int, bool] = {}  # whether each partition settled (and saved) after its last records
+        self._idle_save_after: dict[int, float] = {}  # when an idle partition may be saved again (monotonic)
         self.max_records = max_records
         session_ms = int(session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -158,8 +160,8 @@ class PartitionedStage:
                 for tp, records in polled.items():
                     await self._handle(tp.partition, records)
                 if not any(polled.values()):  # idle: what waits on the wall clock (a throttled write) goes out
-                    for state in list(self.states.values()):
-                        await retrying(state.flush)
+                    for partition, state in list(self.states.items()):
+                        await self._flush(partition, state, idle=True)
                 if time.monotonic() - self._saved_at >= self._every_s:
                     await retrying(lambda: self.checkpoint(list(self.states)))
         finally:
@@ -178,13 +180,22 @@ class PartitionedStage:
             self.offsets[partition] = piece[-1].offset  # so a snapshot taken between slices is exact
             await asyncio.sleep(0)
         if state is not None:
-            await retrying(state.flush)
-            # Settling (a burst fully applied) is rare and the stage has time then: a snapshot now
-            # leaves a restart nothing to replay, and whoever waits for the stage sees it done.
-            # A partition new here counts as unsettled: its first records may settle it at once.
-            was_settled, self._settled[partition] = self._settled.get(partition, False), state.settled()
-            if self._settled[partition] and not was_settled:
-                await retrying(lambda: self.checkpoint([partition]))
+            await self._flush(partition, state, idle=False)
+
+    async def _flush(self, partition: int, state: PartitionState, idle: bool) -> None:
+        """Let ``state`` send what it holds back; snapshot it when it settles, or when the stage
+        goes ``idle`` with records read since its last snapshot (a state that is always settled,
+        the global stage's, never settles anew)."""
+        await retrying(state.flush)
+        # Both are rare and the stage has time then: a snapshot now leaves a restart nothing to
+        # replay, and whoever waits for the stage sees it done. A partition new here counts as
+        # unsettled: its first records may settle it at once. Idle snapshots keep to SNAPSHOT_SHARE
+        # (a region partition reads a heartbeat every second).
+        was_settled, self._settled[partition] = self._settled.get(partition, False), state.settled()
+        unsaved = self._saved.get(partition) != self.offsets.get(partition)
+        if self._settled[partition] and (not was_settled or (
+                idle and unsaved and time.monotonic() >= self._idle_save_after.get(partition, 0.0))):
+            await retrying(lambda: self.checkpoint([partition]))
 
     async def checkpoint(self, partitions: Sequence[int]) -> None:
         """Deliver every output made so far, then snapshot ``partitions``."""
@@ -197,6 +208,7 @@ class PartitionedStage:
             if partition in self.states and offset >= 0 and self._saved.get(partition) != offset:
                 size, seconds = await self.snapshots.save(partition, offset, self.states[partition].dump())
                 self._saved[partition], pickling_s = offset, pickling_s + seconds
+                self._idle_save_after[partition] = time.monotonic() + seconds / SNAPSHOT_SHARE
                 log.debug("%s p%d: snapshot of %d bytes at offset %d in %.3f s", self.name, partition, size,
                           offset, seconds)
         if len(partitions) == len(self.states):  # a full round: its cost sets when the next one is due
@@ -222,6 +234,7 @@ class PartitionedStage:
             self.offsets.pop(partition, None)
             self._saved.pop(partition, None)
             self._settled.pop(partition, None)
+            self._idle_save_after.pop(partition, None)
 
 
 async def run_all(stages: Sequence[PartitionedStage], stop: asyncio.Event) -> None:

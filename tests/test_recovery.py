@@ -13,6 +13,8 @@ import time
 import pytest
 import redis
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from relevo.core.keys import Keys
 from relevo.features.rebuild import FeaturesExist, clear_features, rebuild_features
@@ -22,6 +24,7 @@ from relevo.runtime.stack import redis_server
 from relevo.streams.dlq import dead_letters, redrive
 from relevo.streams.events import encode
 from relevo.streams.producer import EventProducer
+from relevo.streams.stages import Outputs, PartitionedStage, Snapshots
 from relevo.streams.topics import DLQ
 from tests.streamkit import counters, decayed_as_of, eventually, running, send, synthetic_events, wait_applied
 
@@ -172,6 +175,59 @@ def test_a_stage_that_has_applied_everything_saves_its_state_at_once(tmp_path, k
         send(rt.settings, events)
         wait_applied(client, "st", len(events))
         rt.wait_drained(timeout=120)  # no checkpoint is due within the hour: only settling saves
+
+
+class AlwaysSettled:
+    """A partition state with nothing ever held back, as the global stage's is between buckets."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def handle(self, values: list[bytes]) -> None:
+        self.read += len(values)
+
+    async def flush(self) -> None:
+        pass
+
+    def dump(self) -> int:
+        return self.read
+
+    def settled(self) -> bool:
+        return True
+
+
+async def test_a_stage_that_never_settles_anew_saves_its_state_once_it_has_read_everything(
+        kafka_bootstrap, redis_url) -> None:
+    """Without a transition to settled, going idle after reading saves (no checkpoint is due within the hour)."""
+    topic = f"always-settled-{os.getpid()}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    client = aioredis.Redis.from_url(redis_url)
+    snapshots, outputs, stop = Snapshots(client, Keys("as"), "always"), Outputs(kafka_bootstrap), asyncio.Event()
+    stage = PartitionedStage("always", kafka_bootstrap, topic, f"{topic}-group", lambda _, dump: AlwaysSettled(),
+                             snapshots, outputs, checkpoint_s=3600.0, session_timeout_s=6.0)
+    running_stage = asyncio.create_task(stage.run(stop))
+
+    async def saved(snapshot: tuple[int, int]) -> None:
+        deadline = time.monotonic() + 120
+        while await snapshots.load(0) != snapshot:
+            assert time.monotonic() < deadline and not running_stage.done(), f"no snapshot {snapshot}"
+            await asyncio.sleep(0.05)
+    try:
+        for burst in range(2):  # the first settles a partition new to the stage; the second finds it settled
+            for n in range(15 * burst, 15 * burst + 15):
+                await producer.send_and_wait(topic, str(n).encode(), partition=0)
+            await saved((15 * burst + 14, 15 * burst + 15))
+    finally:
+        stop.set()
+        await running_stage
+        await producer.stop()
+        await outputs.stop()
+        await client.aclose()
 
 
 def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url) -> None:
