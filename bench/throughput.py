@@ -207,7 +207,9 @@ def main() -> None:
                  "with fresh ids. The no-op agent reads the click topic only (one record each). Broker (Tansu), "
                  "Redis, producer and worker share the machine's cores; CPU is the measured process's own. Idle CPU "
                  "is part of every window: at 1,000 events/s, 20% of a core is 200 µs per event. Stages in a process "
-                 f"of their own (RELEVO_STAGE_PROCESS): {'yes' if base.stage_process else 'no'}.")
+                 f"of their own (RELEVO_STAGE_PROCESS): {'yes' if base.stage_process else 'no'}. The input ends at "
+                 f"once, so a source counts as idle {base.idle_s:g} s after its last record (set here, over "
+                 "RELEVO_IDLE_S): the stages' windows end that much after their last event.")
     default = many[PROCESSOR_SETS[-1]]
     print(f"RESULT throughput default_cpu_us_per_event={us[PROCESSOR_SETS[-1]]:.1f} "
           f"default_events_per_s={len(batched) / default.seconds:.0f} "
