@@ -57,6 +57,7 @@ class Run:
     cpu_s: float  # of the measured process
     redis_cpu_s: float = 0.0
     idle_share: float | None = None  # CPU of a core the process spent per second with nothing to read
+    machine_busy: float = 0.0  # share of all the machine's cores busy over the window (every process)
 
 
 def copies_of(events: list[dict], copies: int) -> list[dict]:
@@ -75,6 +76,12 @@ async def produce(bootstrap: str, prefix: str, events: list[dict], per_record: i
 
 def cpu_seconds(*processes: psutil.Process) -> float:
     return sum(times.user + times.system for times in (p.cpu_times() for p in processes))
+
+
+def machine_cpu() -> float:
+    """CPU seconds every process of the machine has used, all cores together."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def redis_cpu(client: redis.Redis) -> float:
@@ -104,14 +111,16 @@ def run_worker(settings: Settings, n_events: int, workers: int = 1) -> Run:
             time.sleep(0.01)
         # each worker and what it started (its stage process, with RELEVO_STAGE_PROCESS=1)
         processes = [p for w in runtime.workers for p in (psutil.Process(w.pid), *psutil.Process(w.pid).children())]
-        started, cpu0, rcpu0 = time.perf_counter(), cpu_seconds(*processes), redis_cpu(client)
+        started, cpu0, rcpu0, machine0 = time.perf_counter(), cpu_seconds(*processes), redis_cpu(client), machine_cpu()
         while _applied(client, settings.key_prefix) < n_events:
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker did not finish")
             time.sleep(0.05)
         if settings.processor_names != ["features"]:
             runtime.wait_drained(timeout=1800)
-        run = Run(time.perf_counter() - started, cpu_seconds(*processes) - cpu0, redis_cpu(client) - rcpu0)
+        seconds = time.perf_counter() - started
+        run = Run(seconds, cpu_seconds(*processes) - cpu0, redis_cpu(client) - rcpu0,
+                  machine_busy=(machine_cpu() - machine0) / (seconds * (psutil.cpu_count() or 1)))
         idle0 = cpu_seconds(*processes)
         time.sleep(IDLE_S)  # measuring a span of time with nothing to do: the sleep is the measurement
         run.idle_share = (cpu_seconds(*processes) - idle0) / IDLE_S
