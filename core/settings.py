@@ -76,6 +76,9 @@ class Settings:
     worker_batch: int = _env_field("RELEVO_WORKER_BATCH", 500, "most records the worker takes at once")
     worker_batch_wait_s: float = _env_field("RELEVO_WORKER_BATCH_WAIT_S", 0.005, "longest wait to fill a batch")
     fetch_max_wait_ms: int = _env_field("RELEVO_FETCH_MAX_WAIT_MS", 5, "longest a fetch waits for new records")
+    stage_fetch_max_wait_ms: int = _env_field(
+        "RELEVO_STAGE_FETCH_MAX_WAIT_MS", 100, "longest a fetch of the region stream (the stages, the API's "
+        "ranking context) waits for new records: shorter is fresher but competes with the agent for its loop")
     session_timeout_s: float = _env_field("RELEVO_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout")
     processors: str = _env_field("RELEVO_PROCESSORS", "features,drift,suggestions,examples,analytics",
                                  "what the worker does: features and suggestions per batch of the event "

@@ -119,7 +119,8 @@ def build_stages(settings: Settings, redis: aioredis.Redis, keys: Keys, outputs:
                                dump=dump, on_clock=publish_clock)  # type: ignore[arg-type]
 
     common = dict(bootstrap_servers=settings.kafka_bootstrap_servers, outputs=outputs,
-                  checkpoint_s=settings.checkpoint_s, session_timeout_s=settings.session_timeout_s)
+                  checkpoint_s=settings.checkpoint_s, session_timeout_s=settings.session_timeout_s,
+                  fetch_max_wait_ms=settings.stage_fetch_max_wait_ms)
     stages = [PartitionedStage(REGIONS, topic=settings.topic(BY_REGION), group=f"{settings.app_id}-{REGIONS}",
                                make_state=region_partition,
                                snapshots=Snapshots(redis, keys, REGIONS, settings.log_epoch), **common)]

@@ -171,7 +171,8 @@ async def follow_regions(settings: Settings, snapshots: Snapshots, make_state: M
     needs every partition."""
     stop = stop or asyncio.Event()
     topic = settings.topic(BY_REGION)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                                fetch_max_wait_ms=settings.stage_fetch_max_wait_ms)
     await consumer.start()
     try:
         await consumer.topics()  # fetches the metadata partitions_for_topic reads

@@ -134,7 +134,7 @@ class PartitionedStage:
 
     def __init__(self, name: str, bootstrap_servers: str, topic: str, group: str, make_state: MakeState,
                  snapshots: Snapshots, outputs: Outputs, checkpoint_s: float = 10.0,
-                 session_timeout_s: float = 6.0, max_records: int = 500) -> None:
+                 session_timeout_s: float = 6.0, max_records: int = 500, fetch_max_wait_ms: int = 100) -> None:
         self.name, self.topic, self.make_state = name, topic, make_state
         self.snapshots, self.outputs, self.checkpoint_s = snapshots, outputs, checkpoint_s
         self.states: dict[int, PartitionState] = {}
@@ -146,7 +146,7 @@ class PartitionedStage:
         session_ms = int(session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False,
-            auto_offset_reset="earliest", session_timeout_ms=session_ms,
+            auto_offset_reset="earliest", session_timeout_ms=session_ms, fetch_max_wait_ms=fetch_max_wait_ms,
             heartbeat_interval_ms=max(500, session_ms // 3), max_poll_interval_ms=max(300_000, session_ms))
         self._saved_at = time.monotonic()
         self._every_s = checkpoint_s
