@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from relevo.core.keys import Keys
 from relevo.core.redis import retrying
+from relevo.core.settings import Settings
 
 log = logging.getLogger(__name__)
 SLICE_RECORDS = 50  # region records applied between yields (one at a time cost the single-event path ~15%)
@@ -133,8 +134,9 @@ class PartitionedStage:
     """A consumer group over ``topic`` with one ``PartitionState`` per assigned partition."""
 
     def __init__(self, name: str, bootstrap_servers: str, topic: str, group: str, make_state: MakeState,
-                 snapshots: Snapshots, outputs: Outputs, checkpoint_s: float = 10.0,
-                 session_timeout_s: float = 6.0, max_records: int = 500, fetch_max_wait_ms: int = 100) -> None:
+                 snapshots: Snapshots, outputs: Outputs, checkpoint_s: float = Settings.checkpoint_s,
+                 session_timeout_s: float = Settings.session_timeout_s, max_records: int = 500,
+                 fetch_max_wait_ms: int = Settings.stage_fetch_max_wait_ms) -> None:
         self.name, self.topic, self.make_state = name, topic, make_state
         self.snapshots, self.outputs, self.checkpoint_s = snapshots, outputs, checkpoint_s
         self.states: dict[int, PartitionState] = {}
