@@ -187,11 +187,15 @@ class _Reads:
         return out
 
 
+def _latest_session(values: dict[Feature, Any]) -> str | None:
+    return next(iter(values[USER_SESSIONS]), None)  # members come newest first
+
+
 def _user_field(name: str, values: dict[Feature, Any]) -> Any:
     if name == "session_id":
-        return next(iter(values[USER_SESSIONS]), None)
+        return _latest_session(values)
     if name == "session_items":
-        session = next(iter(values[USER_SESSIONS]), None)
+        session = _latest_session(values)
         return items_of_session(values[USER_SESSION_ITEMS], session) if session else []
     if name in ("locale", "region"):
         return _argmax(values[USER_FIELDS[name][0]])
