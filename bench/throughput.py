@@ -80,8 +80,9 @@ def cpu_seconds(*processes: psutil.Process) -> float:
 
 def machine_cpu() -> float:
     """CPU seconds every process of the machine has used, all cores together."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    times = psutil.cpu_times()  # on Linux, guest time is already inside user and nice
+    waiting = ("idle", "iowait", "guest", "guest_nice")
+    return sum(times) - sum(getattr(times, name, 0.0) for name in waiting)
 
 
 def redis_cpu(client: redis.Redis) -> float:
