@@ -163,6 +163,15 @@ def _positions(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(1.0 / (1 + p) for p in range(n)), tuple(p / max(n - 1, 1) for p in range(n))
 
 
+def _within2(values: list[float]) -> list[float]:
+    """Each value clamped to ±2 (comparisons, not ``max(min())``: this runs for every item of every search).
+
+    >>> _within2([-3.0, 0.5, 2.5])
+    [-2.0, 0.5, 2.0]
+    """
+    return [v if -2.0 <= v <= 2.0 else (2.0 if v > 0.0 else -2.0) for v in values]
+
+
 @functools.lru_cache(maxsize=4096)
 def _offsets(n: int, last_pos: int) -> tuple[float, ...]:
     """The ``offset_from_last_touched`` column: each position's distance from ``last_pos``, within ±5."""
@@ -175,9 +184,17 @@ def _rank_fraction(values: Sequence[float]) -> list[float]:
     >>> _rank_fraction([3.0, 1.0, 3.0])
     [0.5, 0.0, 0.5]
     """
-    top = max(len(values) - 1, 1)
-    first = {value: rank / top for rank, value in reversed(list(enumerate(sorted(values))))}
-    return [first[v] for v in values]
+    ordered = sorted(values)
+    ordered.reverse()  # so a tie's lowest rank is the one written last
+    first = dict(zip(ordered, _descending_ranks(len(values)), strict=True))
+    return list(map(first.__getitem__, values))
+
+
+@functools.cache
+def _descending_ranks(n: int) -> tuple[float, ...]:
+    """The ranks ``n - 1 .. 0`` scaled to 0..1, as ``_rank_fraction`` reads them (one per length)."""
+    top = max(n - 1, 1)
+    return tuple(rank / top for rank in range(n - 1, -1, -1))
 
 
 class ContextState:
@@ -245,10 +262,10 @@ class ContextState:
         known = [p for p in prices if p > 0]
         if not known:
             return [0.5] * len(prices), [0.0] * len(prices)
-        median = sorted(known)[len(known) // 2]
-        rank = _rank_fraction([p if p > 0 else median for p in prices])
-        gap = [max(-2.0, min(2.0, math.log(p / median))) if p > 0 else 0.0 for p in prices]
-        return rank, gap
+        known.sort()
+        median = known[len(known) // 2]
+        rank = _rank_fraction(prices if len(known) == len(prices) else [p if p > 0 else median for p in prices])
+        return rank, _within2([math.log(p / median) if p > 0 else 0.0 for p in prices])
 
     def features(self, search: dict[str, Any]) -> list[list[float]]:
         """One row of ``FEATURES`` per result of ``search``, as of its ``ts``.
@@ -269,7 +286,7 @@ class ContextState:
         price_rank, price_gap = self._price_features(prices)
         session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
         idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
-        zeros = [0.0] * n
+        zeros, no_counts = [0.0] * n, [0] * n
         region_pop = stats.popularity.many(items, ts) if stats else zeros
         region_rank = _rank_fraction([-p for p in region_pop])
         impressions = stats.impressions.many(items, ts) if stats else zeros
@@ -295,29 +312,32 @@ class ContextState:
             if last_pos + 1 < n:
                 after_last[last_pos + 1] = 1.0
         # the session rule: touched items first, most recent first, then the rest in the shown order
-        by_rule = sorted(touched_here, key=lambda p: (recency[items[p]], p))
-        by_rule += [p for p in range(n) if items[p] not in touches]
-        rule = [0.0] * n
-        for rank, p in enumerate(by_rule):
-            rule[p] = 1.0 / (1 + rank)
+        inverse = _positions(n)[0]
+        if touched_here:
+            by_rule = sorted(touched_here, key=lambda p: (recency[items[p]], p))
+            by_rule += [p for p in range(n) if items[p] not in touches]
+            rule = [0.0] * n
+            for p, value in zip(by_rule, inverse, strict=True):
+                rule[p] = value
+        else:  # nothing touched: the shown order itself
+            rule = list(inverse)
         columns = [
             *_positions(n), price_rank, price_gap,
             touched, count, recent, latest, fresh, grade,
             after_last, offset, [float(last_pos is not None)] * n,
             list(map(log1p, region_pop)), [1.0 - r for r in region_rank],
-            [log1p(user.get(item, 0)) for item in items],
+            list(map(log1p, map(user.get, items, no_counts))),
             [log1p(len(touches))] * n, [n / 25] * n,
-            [log1p(shown.get(item, 0)) for item in items],
+            list(map(log1p, map(shown.get, items, no_counts))),
             clicks,
-            [float(item == last_click) for item in items],
+            zeros if last_click is None else list(map(float, map(last_click.__eq__, items))),
             [(c + 0.1) / (i + 1.0) for c, i in zip(item_clicks, impressions, strict=True)],
             list(map(log1p, impressions)),
             [0.0 if last_pos is None else last_pos / max(n, 1)] * n,
             age, rule, [float(last_clicked)] * n,
-            [float(item in searched) for item in items],
+            list(map(float, map(searched.__contains__, items))) if searched else zeros,
             offset if last_clicked else zeros,
-            [max(-2.0, min(2.0, log(price) - session_price)) if session_price and price else 0.0
-             for price in prices],
+            _within2([log(price) - session_price if price else 0.0 for price in prices]) if session_price else zeros,
             [idle] * n, [log1p(session.searches)] * n, [float(search.get("device") == "mobile")] * n,
             [log1p(len(search.get("filters") or ()))] * n,
         ]
