@@ -69,9 +69,15 @@ class GlobalDrift:
             self.state.detection = self.detection.state
         self.detection.state = self.state.detection
         self.pending_observations: list[Observation] = []
+        self._revision = 0
+
+    def revision(self) -> int:
+        """Every record of the global stream is a region partition's closed buckets: each changes the state."""
+        return self._revision
 
     def handle(self, values: Sequence[bytes]) -> None:
         state = self.state
+        self._revision += len(values)
         for value in values:
             record = orjson.loads(value)
             seen = state.through.get(record["p"], -1)

@@ -135,18 +135,25 @@ class RegionPartition:
             if dump is not None and operator.name in dump["operators"]:
                 operator.state = dump["operators"][operator.name]
         self._published = self.merge.clock
+        self._revision, self._horizon = 0, self.merge.horizon()
 
     def handle(self, values: Sequence[bytes]) -> None:
-        merge = self.merge
+        merge, pushed = self.merge, False
         for value in values:
             record = orjson.loads(value)
             for source, (watermark, lag, at) in record["m"].items():
                 merge.mark(source, Mark(watermark, lag, at))
             for source, offset, index, event in record["e"]:
-                merge.push(source, (offset, index), event)
+                pushed = merge.push(source, (offset, index), event) or pushed
         ready, horizon, reach = merge.ready(), merge.horizon(), merge.reach
         for operator in self.operators:
             operator.apply(ready, horizon, reach)
+        # A heartbeat that moves no horizon changes only the marks, which a replay reads again.
+        if pushed or horizon != self._horizon:
+            self._revision, self._horizon = self._revision + 1, horizon
+
+    def revision(self) -> int:
+        return self._revision
 
     async def flush(self) -> None:
         for operator in self.operators:

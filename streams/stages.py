@@ -6,8 +6,11 @@ it to. The state is snapshotted to Redis with the offset of the last record it r
 after its outputs were delivered: every ``checkpoint_s`` (less often when pickling a large
 state would take more than ``SNAPSHOT_SHARE`` of the time), at once when a partition
 settles (it has applied all it was sent) or the stage goes idle after reading (within the
-same share of the time), and when the partition is revoked. It is
-restored when the partition is assigned, reading resuming just after that
+same share of the time), and when the partition is revoked. A partition whose state has
+only heard of its sources' progress since (the region stream's heartbeats, once a second
+while the shop is quiet) is saved every ``QUIET_SAVE_S`` only: such a snapshot would
+differ in its offset alone, and pickling a large state again and again is most of what an
+idle worker would spend. It is restored when the partition is assigned, reading resuming just after that
 offset. No offsets are committed: the snapshot is the position. A worker killed at any
 point therefore leaves a state that replays to exactly where it was; outputs made after
 the last snapshot are made again (at least once: alerts carry stable ids, the trainer
@@ -33,6 +36,7 @@ from relevo.core.settings import Settings
 log = logging.getLogger(__name__)
 SLICE_RECORDS = 50  # region records applied between yields (one at a time cost the single-event path ~15%)
 SNAPSHOT_SHARE = 0.02  # at most this share of a stage's time goes to pickling snapshots
+QUIET_SAVE_S = 300.0  # a state that only heard of progress is saved this often: a restart replays that much
 
 
 class PartitionState(Protocol):
@@ -50,6 +54,10 @@ class PartitionState(Protocol):
 
     def settled(self) -> bool:
         """Whether it holds nothing back: everything read so far is applied and its outputs made."""
+
+    def revision(self) -> int:
+        """A count that moves whenever ``handle`` changes more than its sources' progress (events
+        applied, outputs made): a snapshot of the same revision would differ in its offset only."""
 
 
 MakeState = Callable[[int, Any | None], PartitionState]  # (partition, restored dump or None) -> state
@@ -142,6 +150,7 @@ class PartitionedStage:
         self.states: dict[int, PartitionState] = {}
         self.offsets: dict[int, int] = {}  # offset of the last record each state reflects (-1: none)
         self._saved: dict[int, int] = {}  # the offset each partition's last snapshot reflects
+        self._saved_revision: dict[int, tuple[int, float]] = {}  # its state's revision then, and when (monotonic)
         self._settled: dict[int, bool] = {}  # whether each partition settled (and saved) after its last records
         self._idle_save_after: dict[int, float] = {}  # when an idle partition may be saved again (monotonic)
         self.max_records = max_records
@@ -167,7 +176,7 @@ class PartitionedStage:
                 if time.monotonic() - self._saved_at >= self._every_s:
                     await retrying(lambda: self.checkpoint(list(self.states)))
         finally:
-            await retrying(lambda: self.checkpoint(list(self.states)))
+            await retrying(lambda: self.checkpoint(list(self.states), everything=True))
             await self.consumer.stop()
 
     async def _handle(self, partition: int, records: Sequence[ConsumerRecord]) -> None:
@@ -194,22 +203,32 @@ class PartitionedStage:
         # unsettled: its first records may settle it at once. Idle snapshots keep to SNAPSHOT_SHARE
         # (a region partition reads a heartbeat every second).
         was_settled, self._settled[partition] = self._settled.get(partition, False), state.settled()
-        unsaved = self._saved.get(partition) != self.offsets.get(partition)
-        if self._settled[partition] and (not was_settled or (
-                idle and unsaved and time.monotonic() >= self._idle_save_after.get(partition, 0.0))):
+        due = idle and time.monotonic() >= self._idle_save_after.get(partition, 0.0)
+        if self._settled[partition] and (not was_settled or (due and self._worth_saving(partition))):
             await retrying(lambda: self.checkpoint([partition]))
 
-    async def checkpoint(self, partitions: Sequence[int]) -> None:
-        """Deliver every output made so far, then snapshot ``partitions``."""
+    def _worth_saving(self, partition: int, everything: bool = False) -> bool:
+        """Whether ``partition`` read records since its last snapshot (with ``everything``: any at
+        all; else ones that changed its state, or only progress for ``QUIET_SAVE_S``)."""
+        offset, state = self.offsets.get(partition, -1), self.states.get(partition)
+        if state is None or offset < 0 or self._saved.get(partition) == offset:
+            return False
+        revision, when = self._saved_revision.get(partition, (None, 0.0))
+        return everything or state.revision() != revision or time.monotonic() - when >= QUIET_SAVE_S
+
+    async def checkpoint(self, partitions: Sequence[int], everything: bool = False) -> None:
+        """Deliver every output made so far, then snapshot those of ``partitions`` worth saving
+        (``everything``: every one that read records since its last snapshot)."""
         self._saved_at = time.monotonic()
         await self.outputs.flush()
         pickling_s = 0.0
         for partition in partitions:
-            offset = self.offsets.get(partition, -1)
-            # A partition that read nothing since its last snapshot has nothing new to save.
-            if partition in self.states and offset >= 0 and self._saved.get(partition) != offset:
-                size, seconds = await self.snapshots.save(partition, offset, self.states[partition].dump())
+            if self._worth_saving(partition, everything):
+                state, offset = self.states[partition], self.offsets[partition]
+                revision = state.revision()
+                size, seconds = await self.snapshots.save(partition, offset, state.dump())
                 self._saved[partition], pickling_s = offset, pickling_s + seconds
+                self._saved_revision[partition] = revision, time.monotonic()
                 self._idle_save_after[partition] = time.monotonic() + seconds / SNAPSHOT_SHARE
                 log.debug("%s p%d: snapshot of %d bytes at offset %d in %.3f s", self.name, partition, size,
                           offset, seconds)
@@ -222,6 +241,7 @@ class PartitionedStage:
             offset, dump = saved if saved is not None else (-1, None)
             self.states[partition], self.offsets[partition] = self.make_state(partition, dump), offset
             self._saved[partition] = offset
+            self._saved_revision[partition] = self.states[partition].revision(), time.monotonic()
             tp = TopicPartition(self.topic, partition)
             if offset >= 0:
                 self.consumer.seek(tp, offset + 1)
@@ -230,11 +250,12 @@ class PartitionedStage:
             log.info("%s p%d assigned, resuming after offset %d", self.name, partition, offset)
 
     async def revoke(self, partitions: Sequence[int]) -> None:
-        await self.checkpoint(partitions)
+        await self.checkpoint(partitions, everything=True)
         for partition in partitions:
             self.states.pop(partition, None)
             self.offsets.pop(partition, None)
             self._saved.pop(partition, None)
+            self._saved_revision.pop(partition, None)
             self._settled.pop(partition, None)
             self._idle_save_after.pop(partition, None)
 

@@ -4,11 +4,14 @@ log, a Redis restart that keeps every acknowledged write, and ``relevo up``'s su
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -178,16 +181,18 @@ def test_a_stage_that_has_applied_everything_saves_its_state_at_once(tmp_path, k
 
 
 class AlwaysSettled:
-    """A partition state with nothing ever held back, as the global stage's is between buckets."""
+    """A partition state with nothing ever held back, as the global stage's is between buckets;
+    a record ``progress`` changes nothing but its position, as the region stream's heartbeats."""
 
     def __init__(self) -> None:
-        self.read = 0
+        self.read, self.changes, self.flushes = 0, 0, 0
 
     def handle(self, values: list[bytes]) -> None:
         self.read += len(values)
+        self.changes += sum(v != b"progress" for v in values)
 
     async def flush(self) -> None:
-        pass
+        self.flushes += 1
 
     def dump(self) -> int:
         return self.read
@@ -195,11 +200,32 @@ class AlwaysSettled:
     def settled(self) -> bool:
         return True
 
+    def revision(self) -> int:
+        return self.changes
 
-async def test_a_stage_that_never_settles_anew_saves_its_state_once_it_has_read_everything(
-        kafka_bootstrap, redis_url) -> None:
-    """Without a transition to settled, going idle after reading saves (no checkpoint is due within the hour)."""
-    topic = f"always-settled-{os.getpid()}"
+
+class CountedSnapshots(Snapshots):
+    """Snapshots that remember every offset saved."""
+
+    saved: list[int]
+
+    async def save(self, partition: int, offset: int, state: object) -> tuple[int, float]:
+        self.saved.append(offset)
+        return await super().save(partition, offset, state)
+
+
+@dataclass
+class StageUnderTest:
+    send: Callable[[bytes], Awaitable[None]]
+    saved: Callable[[tuple[int, int]], Awaitable[None]]  # waits for the snapshot (offset, state)
+    snapshots: CountedSnapshots
+    stage: PartitionedStage
+
+
+@contextlib.asynccontextmanager
+async def always_settled_stage(kafka_bootstrap: str, redis_url: str, name: str) -> AsyncIterator[StageUnderTest]:
+    """A one-partition stage of ``AlwaysSettled`` with no checkpoint due within the hour."""
+    topic = f"{name}-{os.getpid()}"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     await admin.create_topics([NewTopic(topic, 1, 1)])
@@ -207,10 +233,14 @@ async def test_a_stage_that_never_settles_anew_saves_its_state_once_it_has_read_
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     client = aioredis.Redis.from_url(redis_url)
-    snapshots, outputs, stop = Snapshots(client, Keys("as"), "always"), Outputs(kafka_bootstrap), asyncio.Event()
+    snapshots, outputs, stop = CountedSnapshots(client, Keys(name), "always"), Outputs(kafka_bootstrap), asyncio.Event()
+    snapshots.saved = []
     stage = PartitionedStage("always", kafka_bootstrap, topic, f"{topic}-group", lambda _, dump: AlwaysSettled(),
                              snapshots, outputs, checkpoint_s=3600.0, session_timeout_s=6.0)
     running_stage = asyncio.create_task(stage.run(stop))
+
+    async def send(value: bytes) -> None:
+        await producer.send_and_wait(topic, value, partition=0)
 
     async def saved(snapshot: tuple[int, int]) -> None:
         deadline = time.monotonic() + 120
@@ -218,16 +248,50 @@ async def test_a_stage_that_never_settles_anew_saves_its_state_once_it_has_read_
             assert time.monotonic() < deadline and not running_stage.done(), f"no snapshot {snapshot}"
             await asyncio.sleep(0.05)
     try:
-        for burst in range(2):  # the first settles a partition new to the stage; the second finds it settled
-            for n in range(15 * burst, 15 * burst + 15):
-                await producer.send_and_wait(topic, str(n).encode(), partition=0)
-            await saved((15 * burst + 14, 15 * burst + 15))
+        yield StageUnderTest(send, saved, snapshots, stage)
     finally:
         stop.set()
         await running_stage
         await producer.stop()
         await outputs.stop()
         await client.aclose()
+
+
+async def test_a_stage_that_never_settles_anew_saves_its_state_once_it_has_read_everything(
+        kafka_bootstrap, redis_url) -> None:
+    """Without a transition to settled, going idle after reading saves (no checkpoint is due within the hour)."""
+    async with always_settled_stage(kafka_bootstrap, redis_url, "always-settled") as under_test:
+        for burst in range(2):  # the first settles a partition new to the stage; the second finds it settled
+            for n in range(15 * burst, 15 * burst + 15):
+                await under_test.send(str(n).encode())
+            await under_test.saved((15 * burst + 14, 15 * burst + 15))
+
+
+async def test_an_idle_stage_does_not_save_again_for_records_that_change_only_its_position(
+        kafka_bootstrap, redis_url) -> None:
+    """Heartbeats while the stream is quiet move a partition's offset but not its state: no snapshot
+    for them (a replay reads them again), the next change is saved as before."""
+    async with always_settled_stage(kafka_bootstrap, redis_url, "quiet") as under_test:
+        await under_test.send(b"change")
+        await under_test.saved((0, 1))
+        for _ in range(10):
+            await under_test.send(b"progress")
+        stage = under_test.stage
+        await eventually_async(lambda: stage.offsets.get(0) == 10, "the stage reads the heartbeats")
+        state = stage.states[0]
+        flushes = state.flushes
+        # two flushes later the stage has polled empty at least once since: it was idle with them read
+        await eventually_async(lambda: state.flushes >= flushes + 2, "the stage polls idle")
+        await under_test.send(b"change")
+        await under_test.saved((11, 12))
+    assert under_test.snapshots.saved == [0, 11]
+
+
+async def eventually_async(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.02)
 
 
 def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url) -> None:
