@@ -84,9 +84,16 @@ class DecayedCounts:
         self._values: dict[str, tuple[float, int]] = {}
 
     def add(self, key: str, ts: int, weight: float = 1.0) -> None:
-        self._values[key] = (self.get(key, ts) + weight, ts)
-        if len(self._values) > self.max_items:
-            self._forget()
+        values = self._values
+        entry = values.get(key)
+        if entry is None:
+            values[key] = (float(weight), ts)
+            if len(values) > self.max_items:
+                self._forget()
+        else:  # ``get`` inlined: this runs for every click
+            value, at = entry
+            values[key] = ((value if ts <= at else value * math.exp((at - ts) * rate_per_ms(self.half_life_ms / 1000)))
+                           + weight, ts)
 
     def add_each(self, keys: Sequence[str], ts: int) -> None:
         """``add(key, ts)`` for every key (a search's impressions: one call per list, not per item)."""
@@ -149,12 +156,14 @@ class _Lru(OrderedDict):
         self.limit = limit
 
     def touch(self, key: str, make: Any) -> Any:
-        if key not in self:
-            self[key] = make()
+        value = self.get(key)
+        if value is None:
+            value = self[key] = make()
             if len(self) > self.limit:
                 self.popitem(last=False)
-        self.move_to_end(key)
-        return self[key]
+        else:
+            self.move_to_end(key)
+        return value
 
 
 @functools.cache
@@ -234,7 +243,9 @@ class ContextState:
         if stats.prices.get(item):
             session.log_prices = [*session.log_prices[-19:], math.log(stats.prices[item])]
         grade = GRADES[event.get("kind", "click") if event["type"] == "click" else "purchase"]
-        touch = session.touches.setdefault(item, Touch(ts, 0, grade))
+        touch = session.touches.get(item)
+        if touch is None:
+            touch = session.touches[item] = Touch(ts, 0, grade)
         touch.last_ts, touch.count, touch.grade = max(ts, touch.last_ts), touch.count + 1, max(grade, touch.grade)
         if grade >= GRADES["click"]:
             touch.clicks += 1
