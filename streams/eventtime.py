@@ -146,7 +146,7 @@ class EventTimeMerge:
 
     def push(self, source: str, position: Position, event: Event) -> bool:
         """Buffer ``event``; False (and ignored) when its position was already received."""
-        state = self.sources.setdefault(source, _Source())
+        state = self.sources.get(source) or self.sources.setdefault(source, _Source())  # no _Source per event
         if position <= state.received:
             return False
         state.received = position
