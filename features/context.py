@@ -28,6 +28,7 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from relevo.core.decay import factor, rate_per_ms
@@ -84,16 +85,9 @@ class DecayedCounts:
         self._values: dict[str, tuple[float, int]] = {}
 
     def add(self, key: str, ts: int, weight: float = 1.0) -> None:
-        values = self._values
-        entry = values.get(key)
-        if entry is None:
-            values[key] = (float(weight), ts)
-            if len(values) > self.max_items:
-                self._forget()
-        else:  # ``get`` inlined: this runs for every click
-            value, at = entry
-            values[key] = ((value if ts <= at else value * math.exp((at - ts) * rate_per_ms(self.half_life_ms / 1000)))
-                           + weight, ts)
+        self._values[key] = (self.get(key, ts) + weight, ts)
+        if len(self._values) > self.max_items:
+            self._forget()
 
     def add_each(self, keys: Sequence[str], ts: int) -> None:
         """``add(key, ts)`` for every key (a search's impressions: one call per list, not per item)."""
@@ -297,7 +291,7 @@ class ContextState:
         price_rank, price_gap = self._price_features(prices)
         session_price = sum(session.log_prices) / len(session.log_prices) if session.log_prices else None
         idle = math.log1p(max(0, ts - session.last_ts) / 1000) / 10 if session.last_ts is not None else -0.1
-        zeros, no_counts = [0.0] * n, [0] * n
+        zeros = [0.0] * n
         region_pop = stats.popularity.many(items, ts) if stats else zeros
         region_rank = _rank_fraction([-p for p in region_pop])
         impressions = stats.impressions.many(items, ts) if stats else zeros
@@ -337,9 +331,9 @@ class ContextState:
             touched, count, recent, latest, fresh, grade,
             after_last, offset, [float(last_pos is not None)] * n,
             list(map(log1p, region_pop)), [1.0 - r for r in region_rank],
-            list(map(log1p, map(user.get, items, no_counts))),
+            list(map(log1p, map(user.get, items, repeat(0)))),
             [log1p(len(touches))] * n, [n / 25] * n,
-            list(map(log1p, map(shown.get, items, no_counts))),
+            list(map(log1p, map(shown.get, items, repeat(0)))),
             clicks,
             zeros if last_click is None else list(map(float, map(last_click.__eq__, items))),
             [(c + 0.1) / (i + 1.0) for c, i in zip(item_clicks, impressions, strict=True)],
