@@ -75,6 +75,14 @@ def eventually(check: Callable[[], T], timeout: float = 60.0) -> T:
             time.sleep(0.2)
 
 
+async def eventually_async(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Yield to the loop until ``condition()`` holds (what runs on the same loop, a stage, gets there)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.02)
+
+
 def counters(client: redis.Redis, prefix: str) -> dict[str, int]:
     """The workers' counters and the feature shards' summed (what ``read_stats`` reports)."""
     keys = Keys(prefix)

@@ -29,7 +29,16 @@ from relevo.streams.events import encode
 from relevo.streams.producer import EventProducer
 from relevo.streams.stages import Outputs, PartitionedStage, Snapshots
 from relevo.streams.topics import DLQ
-from tests.streamkit import counters, decayed_as_of, eventually, running, send, synthetic_events, wait_applied
+from tests.streamkit import (
+    counters,
+    decayed_as_of,
+    eventually,
+    eventually_async,
+    running,
+    send,
+    synthetic_events,
+    wait_applied,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -285,14 +294,6 @@ async def test_an_idle_stage_does_not_save_again_for_records_that_change_only_it
         await under_test.send(b"change")
         await under_test.saved((11, 12))
     assert under_test.snapshots.saved == [0, 11]
-
-
-async def eventually_async(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.02)
-
 
 def test_a_restarted_embedded_broker_starts_a_new_log_epoch(tmp_path, redis_url) -> None:
     """The in-memory broker comes back empty, its offsets from 0 again: the events sent to it
