@@ -7,11 +7,13 @@ the examples (and their features) are the same with one worker or ten.
 
 A search becomes a pending example the moment it is applied, with its features
 snapshotted from the partition's ``ContextState`` *before* any later event is applied
-(point in time: its own clicks are never in its features). A search that arrives after
-its own session's click at or after its time (its record was still in flight when the
-merge moved past it) would carry that outcome in its features, which serving never
-sees: it makes no example (``after_outcome`` counts them). Clicks, carts and
-purchases that follow it raise the grade of the item they name, matched by
+(point in time: its own clicks are never in its features), as a float32 array of one row
+per item: what the ranker reads, and a pending example is in every snapshot of its
+partition, where one array pickles as a copy and its floats one by one took most of the
+time. A search that arrives after its own session's click at or after its time (its
+record was still in flight when the merge moved past it) would carry that outcome in its
+features, which serving never sees: it makes no example (``after_outcome`` counts them).
+Clicks, carts and purchases that follow it raise the grade of the item they name, matched by
 ``search_id``, else by session and item within ``join_window_s``. Once the stream has
 passed the search time plus ``wait_s`` the example is final (when every source has
 gone idle, all are); finals leave through ``emit`` in batches, by size or age. The
@@ -45,6 +47,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from relevo.features.context import GRADES, POPULARITY_HALF_LIFE_S, ContextState
@@ -58,12 +61,17 @@ Emit = Callable[[list[Example]], Awaitable[None]]
 EXAMPLES_PER_RECORD = 64  # a labelled list carries a feature row per item: records stay well under 1 MiB
 
 
+def encode_examples(examples: Sequence[Example]) -> bytes:
+    """Examples as ``train.batches`` carries them: a JSON array, each feature row a list of numbers."""
+    return orjson.dumps(examples, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def record_emitter(send: Callable[[bytes], Awaitable[object]]) -> Emit:
     """The ``emit`` that writes a batch through ``send`` as JSON-array records of at most
     ``EXAMPLES_PER_RECORD`` examples (what ``train.batches`` carries to the trainer)."""
     async def emit(batch: list[Example]) -> None:
         for start in range(0, len(batch), EXAMPLES_PER_RECORD):
-            await send(orjson.dumps(batch[start:start + EXAMPLES_PER_RECORD]))
+            await send(encode_examples(batch[start:start + EXAMPLES_PER_RECORD]))
     return emit
 
 
@@ -136,7 +144,7 @@ class ExamplesBuilder:
             return
         example = {key: search.get(key) for key in ("search_id", "ts", "user_id", "session_id",
                                                     "region", "locale", "query")}
-        example.update(items=results, features=self.state.context.features(search))
+        example.update(items=results, features=np.array(self.state.context.features(search), dtype=np.float32))
         self.state.pending[search["search_id"]] = _Pending(example, search["session_id"], [0] * len(results))
         self.state.by_session.setdefault(search["session_id"], []).append(search["search_id"])
 

@@ -6,11 +6,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import torch
 
 from relevo.features.context import FEATURES
-from relevo.models.examples import ExamplesBuilder
+from relevo.models.examples import ExamplesBuilder, encode_examples
 from relevo.models.live import LiveModel
 from relevo.models.ranker import Ranker, RankerConfig
 from relevo.models.registry import CorruptModel, Registry, encode_weights
@@ -49,7 +50,7 @@ async def build_examples(events: list[dict[str, Any]], **kwargs: Any) -> list[li
     batches: list[list[dict[str, Any]]] = []
 
     async def emit(batch: list[dict[str, Any]]) -> None:
-        batches.append(batch)
+        batches.append(orjson.loads(encode_examples(batch)))  # as the trainer reads them
 
     feeder = Feeder([ExamplesBuilder(emit, **{"wait_s": 0, "batch_size": 50, "batch_age_s": 0, **kwargs})])
     for start in range(0, len(events), 100):
@@ -104,7 +105,7 @@ def _collector() -> tuple[list[dict[str, Any]], Any]:
     emitted: list[dict[str, Any]] = []
 
     async def emit(batch: list[dict[str, Any]]) -> None:
-        emitted.extend(batch)
+        emitted.extend(orjson.loads(encode_examples(batch)))  # as the trainer reads them
     return emitted, emit
 
 
