@@ -4,7 +4,9 @@ A stage is a consumer group over an internal topic (``events.by_region``, keyed 
 region; ``drift.global``): each partition's state lives in the worker the group assigns
 it to. The state is snapshotted to Redis with the offset of the last record it reflects,
 after its outputs were delivered: every ``checkpoint_s`` (less often when pickling a large
-state would take more than ``SNAPSHOT_SHARE`` of the time), at once when a partition
+state would take more than ``SNAPSHOT_SHARE`` of the time), the partitions in turn, spread
+over that period (pickling holds the loop the feature writes share: one partition at a
+time holds it a fraction as long), at once when a partition
 settles (it has applied all it was sent) or the stage goes idle after reading (within the
 same share of the time), and when the partition is revoked. A partition whose state has
 only heard of its sources' progress since (the region stream's heartbeats, once a second
@@ -20,6 +22,7 @@ skips searches it learned from).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import pickle
 import time
@@ -159,7 +162,8 @@ class PartitionedStage:
             bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=session_ms, fetch_max_wait_ms=fetch_max_wait_ms,
             heartbeat_interval_ms=max(500, session_ms // 3), max_poll_interval_ms=max(300_000, session_ms))
-        self._saved_at = time.monotonic()
+        self._due: dict[int, float] = {}  # when each partition's periodic snapshot is due (monotonic)
+        self._pickling_s: dict[int, float] = {}  # what pickling each partition took last
         self._every_s = checkpoint_s
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -173,8 +177,9 @@ class PartitionedStage:
                 if not any(polled.values()):  # idle: what waits on the wall clock (a throttled write) goes out
                     for partition, state in list(self.states.items()):
                         await self._flush(partition, state, idle=True)
-                if time.monotonic() - self._saved_at >= self._every_s:
-                    await retrying(lambda: self.checkpoint(list(self.states)))
+                due = min(self._due, key=self._due.__getitem__, default=None)
+                if due is not None and self._due[due] <= time.monotonic():
+                    await retrying(functools.partial(self.checkpoint, [due]))
         finally:
             await retrying(lambda: self.checkpoint(list(self.states), everything=True))
             await self.consumer.stop()
@@ -219,24 +224,25 @@ class PartitionedStage:
     async def checkpoint(self, partitions: Sequence[int], everything: bool = False) -> None:
         """Deliver every output made so far, then snapshot those of ``partitions`` worth saving
         (``everything``: every one that read records since its last snapshot)."""
-        self._saved_at = time.monotonic()
         await self.outputs.flush()
-        pickling_s = 0.0
         for partition in partitions:
+            if partition in self._due:
+                self._due[partition] = time.monotonic() + self._every_s
             if self._worth_saving(partition, everything):
                 state, offset = self.states[partition], self.offsets[partition]
                 revision = state.revision()
                 size, seconds = await self.snapshots.save(partition, offset, state.dump())
-                self._saved[partition], pickling_s = offset, pickling_s + seconds
+                self._saved[partition], self._pickling_s[partition] = offset, seconds
                 self._saved_revision[partition] = revision, time.monotonic()
                 self._idle_save_after[partition] = time.monotonic() + seconds / SNAPSHOT_SHARE
                 log.debug("%s p%d: snapshot of %d bytes at offset %d in %.3f s", self.name, partition, size,
                           offset, seconds)
-        if len(partitions) == len(self.states):  # a full round: its cost sets when the next one is due
-            self._every_s = max(self.checkpoint_s, pickling_s / SNAPSHOT_SHARE)
+        # what a round of every partition costs sets how often each is due
+        self._every_s = max(self.checkpoint_s, sum(self._pickling_s.values()) / SNAPSHOT_SHARE)
 
     async def assign(self, partitions: Sequence[int]) -> None:
-        for partition in partitions:
+        for n, partition in enumerate(partitions, start=1):
+            self._due[partition] = time.monotonic() + self._every_s * n / len(partitions)  # spread over a round
             saved = await self.snapshots.load(partition)
             offset, dump = saved if saved is not None else (-1, None)
             self.states[partition], self.offsets[partition] = self.make_state(partition, dump), offset
@@ -258,6 +264,8 @@ class PartitionedStage:
             self._saved_revision.pop(partition, None)
             self._settled.pop(partition, None)
             self._idle_save_after.pop(partition, None)
+            self._due.pop(partition, None)
+            self._pickling_s.pop(partition, None)
 
 
 async def run_all(stages: Sequence[PartitionedStage], stop: asyncio.Event) -> None:
