@@ -75,6 +75,10 @@ class GlobalDrift:
         """Every record of the global stream is a region partition's closed buckets: each changes the state."""
         return self._revision
 
+    def backlog(self) -> bool:
+        """``handle`` applies all it is given."""
+        return False
+
     def handle(self, values: Sequence[bytes]) -> None:
         state = self.state
         self._revision += len(values)

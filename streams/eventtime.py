@@ -132,6 +132,7 @@ class EventTimeMerge:
         self._held: list[tuple[tuple[int, int, str], Event]] = []  # sorted when released (timsort: mostly runs)
         self._last: tuple[int, int, str] | None = None
         self.clock = 0  # event time of the latest event released (never ahead of a robust watermark)
+        self.left: int | None = None  # event time of the first event the last ``ready(limit)`` held back
 
     def __len__(self) -> int:
         return len(self._held)
@@ -185,14 +186,18 @@ class EventTimeMerge:
         return max((s.mark.watermark for s in self.sources.values() if s.mark and s.mark.watermark is not None),
                    default=self.clock)
 
-    def ready(self) -> list[Event]:
-        """The buffered events the watermark has passed, in ``order_key`` order."""
+    def ready(self, limit: int | None = None) -> list[Event]:
+        """The buffered events the watermark has passed, in ``order_key`` order (at most ``limit``
+        of them: ``left`` then says when the rest begins, else it is None)."""
+        self.left = None
         watermark = self.watermark()
         if watermark is None or not self._held:
             return []
         held = self._held
         held.sort(key=_first)  # keys are unique (event ids are), so events never get compared
         cut = len(held) if watermark == float("inf") else bisect.bisect_left(held, watermark, key=_ts)
+        if limit is not None and cut > limit:
+            cut, self.left = limit, _ts(held[limit])
         if not cut:
             return []
         out = [event for _, event in held[:cut]]

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "regions"  # the region stream's stage: its consumer group suffix and snapshot names
 MAX_EVENTS_PER_RECORD = 1500  # keeps a record well under Kafka's 1 MiB
+# Events applied per ``handle``: a source turning idle can release seconds of held events at
+# once, and the operators' ~30 µs each would hold the loop the feature writes share that long.
+APPLY_LIMIT = 1000
 
 
 def region_partition(region: str, partitions: int) -> int:
@@ -124,12 +127,17 @@ class RegionPartition:
 
     ``on_clock`` hears the partition's stream clock (event time reached, robust to wild
     timestamps) whenever it moves: the worker publishes it as the clock features are read at.
+    A call applies at most ``apply_limit`` events; the rest of what the merge could release
+    stays in it (``backlog``) for the next call, which the stage makes after yielding. The
+    operators then hear the time of the first event held back as the horizon, so they finish
+    exactly what one call would have.
     """
 
     def __init__(self, partition: int, operators: Sequence[RegionOperator], sources: Iterable[str],
                  idle_ms: int = 5_000, dump: dict[str, Any] | None = None,
-                 on_clock: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 on_clock: Callable[[int], Awaitable[None]] | None = None, apply_limit: int = APPLY_LIMIT) -> None:
         self.partition, self.operators, self.on_clock = partition, list(operators), on_clock
+        self.apply_limit = apply_limit
         self.merge = EventTimeMerge(sources, idle_ms) if dump is None else dump["merge"]
         for operator in self.operators:
             if dump is not None and operator.name in dump["operators"]:
@@ -145,7 +153,9 @@ class RegionPartition:
                 merge.mark(source, Mark(watermark, lag, at))
             for source, offset, index, event in record["e"]:
                 pushed = merge.push(source, (offset, index), event) or pushed
-        ready, horizon, reach = merge.ready(), merge.horizon(), merge.reach
+        ready, horizon, reach = merge.ready(self.apply_limit), merge.horizon(), merge.reach
+        if merge.left is not None:  # the rest comes with the next call: nothing may pass it before
+            horizon = merge.left
         for operator in self.operators:
             operator.apply(ready, horizon, reach)
         # A heartbeat that moves no horizon changes only the marks, which a replay reads again.
@@ -154,6 +164,9 @@ class RegionPartition:
 
     def revision(self) -> int:
         return self._revision
+
+    def backlog(self) -> bool:
+        return self.merge.left is not None
 
     async def flush(self) -> None:
         for operator in self.operators:
@@ -197,6 +210,10 @@ async def follow_regions(settings: Settings, snapshots: Snapshots, make_state: M
                 await consumer.seek_to_beginning(tp)
         while not stop.is_set():
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                states[tp.partition].handle([r.value for r in records])
+                state = states[tp.partition]
+                state.handle([r.value for r in records])
+                while state.backlog():
+                    state.handle(())
+                    await asyncio.sleep(0)  # the replica's requests share this loop
     finally:
         await consumer.stop()

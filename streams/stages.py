@@ -62,6 +62,10 @@ class PartitionState(Protocol):
         """A count that moves whenever ``handle`` changes more than its sources' progress (events
         applied, outputs made): a snapshot of the same revision would differ in its offset only."""
 
+    def backlog(self) -> bool:
+        """Whether ``handle`` left work for later (it bounds what one call does): the stage calls
+        ``handle(())`` again, yielding to the loop between calls."""
+
 
 MakeState = Callable[[int, Any | None], PartitionState]  # (partition, restored dump or None) -> state
 
@@ -195,6 +199,9 @@ class PartitionedStage:
             state.handle([record.value for record in piece])
             self.offsets[partition] = piece[-1].offset  # so a snapshot taken between slices is exact
             await asyncio.sleep(0)
+            while state.backlog() and self.states.get(partition) is state:
+                state.handle(())
+                await asyncio.sleep(0)
         if state is not None:
             await self._flush(partition, state, idle=False)
 

@@ -17,9 +17,11 @@ IDLE_MS = 1_000
 class Feeder:
     """One region partition fed record by record; each source's positions count up from 0."""
 
-    def __init__(self, operators: Sequence[RegionOperator], sources: Sequence[str] = ("events:0",)) -> None:
+    def __init__(self, operators: Sequence[RegionOperator], sources: Sequence[str] = ("events:0",),
+                 **partition: Any) -> None:
         self.sources = list(sources)
-        self.partition = RegionPartition(0, operators, self.sources, idle_ms=IDLE_MS)
+        self.partition = RegionPartition(0, operators, self.sources, idle_ms=IDLE_MS, **partition)
+        self.calls = 0  # of ``handle``, a backlog's included
         self.offsets = dict.fromkeys(self.sources, 0)
         self.watermarks: dict[str, int | None] = dict.fromkeys(self.sources, None)
         self.at = 0
@@ -33,13 +35,21 @@ class Feeder:
             self.offsets[source] += 1
             self.watermarks[source] = max(self.watermarks[source] or 0, event["ts"])
         self.at += 1
-        self.partition.handle([encode_record({source: Mark(self.watermarks[source], lag, self.at)}, stamped)])
+        self._handle([encode_record({source: Mark(self.watermarks[source], lag, self.at)}, stamped)])
+
+    def _handle(self, values: list[bytes]) -> None:
+        """As the stage does: the records, then what the partition left for later, call by call."""
+        self.partition.handle(values)
+        self.calls += 1
+        while self.partition.backlog():
+            self.partition.handle(())
+            self.calls += 1
 
     def quiet(self, source: str) -> None:
         """``source`` reports it has read everything and stays silent past the idle time."""
         for _ in range(2):
             self.at += IDLE_MS
-            self.partition.handle([encode_record({source: Mark(self.watermarks[source], 0, self.at)}, [])])
+            self._handle([encode_record({source: Mark(self.watermarks[source], 0, self.at)}, [])])
 
     def finish(self) -> None:
         """Every source read to its end and idle: the partition applies everything it holds."""
@@ -52,8 +62,8 @@ class Feeder:
     def restarted(self, operators: Sequence[RegionOperator], dump: Any = None) -> Feeder:
         """A copy restored from ``dump`` (default: this partition's snapshot, pickled as a stage would)."""
         copy = Feeder.__new__(Feeder)
-        copy.sources, copy.offsets, copy.watermarks, copy.at = self.sources, dict(self.offsets), \
-            dict(self.watermarks), self.at
+        copy.sources, copy.offsets, copy.watermarks, copy.at, copy.calls = self.sources, dict(self.offsets), \
+            dict(self.watermarks), self.at, 0
         copy.partition = RegionPartition(0, operators, self.sources, idle_ms=IDLE_MS,
                                          dump=dump or pickle.loads(pickle.dumps(self.partition.dump())))
         return copy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 import pytest
 import torch
 
+from relevo.drift.regional import RegionalDrift
 from relevo.features.context import FEATURES
 from relevo.models.examples import ExamplesBuilder, encode_examples
 from relevo.models.live import LiveModel
@@ -178,6 +180,32 @@ async def test_a_partition_restored_from_its_snapshot_builds_what_it_would_have(
     feeder.finish()
     await feeder.flush()
     assert emitted == uninterrupted
+
+
+async def test_a_backlog_released_at_once_is_applied_in_bounded_calls_with_the_same_outcome() -> None:
+    """A source that never sends holds the merge until it is idle; then everything comes out at
+    once. Applied 50 events per call (yielding between calls in a stage), the examples and the
+    drift buckets are those of one call."""
+    events = planted_stream(150)
+
+    async def outcome(**partition: Any) -> tuple[list[dict[str, Any]], bytes, int]:
+        emitted, emit = _collector()
+
+        async def send(value: bytes) -> None:
+            """Drift's closed buckets: its state below says all they would."""
+        drift = RegionalDrift(0, None, [], send)
+        feeder = Feeder([ExamplesBuilder(emit, wait_s=5, batch_size=50, batch_age_s=0), drift],
+                        ["search:0", "purchase:0"], **partition)
+        feeder.send(events)  # all held: the purchase source has said nothing yet
+        assert not emitted and len(feeder.partition.merge) == len(events)
+        feeder.finish()
+        await feeder.flush()
+        return emitted, pickle.dumps(drift.state), feeder.calls
+
+    whole, whole_drift, whole_calls = await outcome()
+    pieces, piece_drift, piece_calls = await outcome(apply_limit=50)
+    assert len(whole) == 150 and pieces == whole and piece_drift == whole_drift
+    assert piece_calls >= whole_calls + len(events) // 50 - 1
 
 
 async def test_redelivered_events_are_applied_once() -> None:

@@ -212,6 +212,9 @@ class AlwaysSettled:
     def revision(self) -> int:
         return self.changes
 
+    def backlog(self) -> bool:
+        return False
+
 
 class CountedSnapshots(Snapshots):
     """Snapshots that remember every offset saved."""
