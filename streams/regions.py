@@ -34,7 +34,7 @@ from aiokafka.partitioner import murmur2
 
 from relevo.core.settings import Settings
 from relevo.streams.eventtime import POSITION, SOURCE, Event, EventTimeMerge, Mark, SourceProgress, source_of
-from relevo.streams.stages import MakeState, Snapshots
+from relevo.streams.stages import MakeState, Snapshots, handle_all
 from relevo.streams.topics import BY_REGION, event_topics
 
 log = logging.getLogger(__name__)
@@ -210,10 +210,6 @@ async def follow_regions(settings: Settings, snapshots: Snapshots, make_state: M
                 await consumer.seek_to_beginning(tp)
         while not stop.is_set():
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                state = states[tp.partition]
-                state.handle([r.value for r in records])
-                while state.backlog():
-                    state.handle(())
-                    await asyncio.sleep(0)  # the replica's requests share this loop
+                await handle_all(states[tp.partition], [r.value for r in records])  # requests share the loop
     finally:
         await consumer.stop()

@@ -70,6 +70,14 @@ class PartitionState(Protocol):
 MakeState = Callable[[int, Any | None], PartitionState]  # (partition, restored dump or None) -> state
 
 
+async def handle_all(state: PartitionState, values: Sequence[bytes]) -> None:
+    """``state.handle(values)``, then what it left for later, yielding to the loop between calls."""
+    state.handle(values)
+    while state.backlog():
+        await asyncio.sleep(0)
+        state.handle(())
+
+
 class Snapshots:
     """Each partition's last state and the offset it reflects, one Redis key per (stage, partition).
 
@@ -196,12 +204,9 @@ class PartitionedStage:
             if state is None or self.states.get(partition) is not state:
                 return  # revoked meanwhile
             piece = records[start:start + SLICE_RECORDS]
-            state.handle([record.value for record in piece])
+            await handle_all(state, [record.value for record in piece])
             self.offsets[partition] = piece[-1].offset  # so a snapshot taken between slices is exact
             await asyncio.sleep(0)
-            while state.backlog() and self.states.get(partition) is state:
-                state.handle(())
-                await asyncio.sleep(0)
         if state is not None:
             await self._flush(partition, state, idle=False)
 
