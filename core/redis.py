@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -62,7 +63,9 @@ def connect(url: str, wait_for_connection_s: float | None = None, **options: Any
     """An asyncio client for ``url``: a cluster client when the server is a cluster node.
 
     With ``wait_for_connection_s`` a call waits that long for a free connection of a single
-    server's pool (redis-py's default pool fails at once when all its connections are busy)."""
+    server's pool (redis-py's default pool fails at once when all its connections are busy).
+    It speaks RESP3, whose reply shapes ``pipelined`` hands back as they are."""
+    options["protocol"] = 3
     if is_cluster(url):
         cluster = AsyncRedisCluster.from_url(url, **options)
         kwargs = cluster.nodes_manager.connection_kwargs  # what every node it discovers connects with
@@ -83,6 +86,64 @@ def connect_sync(url: str) -> redis.Redis | RedisCluster:
     return RedisCluster.from_url(url) if is_cluster(url) else redis.Redis.from_url(url)
 
 
+async def pipelined(client: AnyRedis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The replies of ``commands`` (each ``(name, *args)``) in order, as RESP3 shapes them
+    (no redis-py reply callbacks), errors in their place as exceptions: one round trip on a
+    single server, a pipeline per node on a cluster.
+
+    On a single server the commands go out in one write on one pooled connection and the
+    replies are taken from its hiredis reader as they arrive: redis-py's pipeline spends
+    ~14 µs of Python on each reply (a timeout context and checks per reply), which for the
+    26 commands of a user + region read cost more than reading them."""
+    if isinstance(client, AsyncRedisCluster):
+        return await _pipeline(client, commands)
+    retry = client.get_retry()
+    if retry is None:
+        return await _pipelined_once(client, commands)
+    return await retry.call_with_retry(lambda: _pipelined_once(client, commands), lambda error: None)
+
+
+async def _pipeline(client: AnyRedis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+
+async def _pipelined_once(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        if isinstance(connection._parser, _AsyncHiredisParser):
+            return await _replies(connection, commands)
+    finally:
+        await pool.release(connection)
+    return await _pipeline(client, commands)  # no hiredis reader on this connection: redis-py's way
+
+
+async def _replies(connection: aioredis.Connection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    reader, parser = connection._parser._reader, connection._parser
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            await connection.send_packed_command([b"".join(hiredis.pack_command(c) for c in commands)],
+                                                 check_health=False)
+            replies: list[Any] = []
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is NOT_ENOUGH_DATA:
+                    await parser.read_from_socket()
+                else:
+                    replies.append(reply)
+            return replies
+    except BaseException as exc:
+        await connection.disconnect(nowait=True)  # replies may be left unread on it
+        if isinstance(exc, TimeoutError):
+            raise redis.TimeoutError(f"Timeout reading the replies of {len(commands)} commands") from None
+        if isinstance(exc, OSError):
+            raise redis.ConnectionError(f"Error while reading replies: {exc}") from exc
+        raise
+
+
 async def run_scripts(client: AnyRedis, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
     """Run script calls (``(script, keys, args)``, each within one slot) together: one pipelined round
     trip on a single server; concurrently on a cluster, whose pipelines refuse scripts."""
@@ -94,10 +155,8 @@ async def run_scripts(client: AnyRedis, calls: Sequence[tuple[Any, list[str], li
                                               for script, keys, args in calls[start:start + CONCURRENT_CALLS]))
         return results
     # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, a round trip per call.
-    async with client.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
+    results = await pipelined(client, [("EVALSHA", script.sha, len(keys), *keys, *args)
+                                       for script, keys, args in calls])
     lost = [n for n, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
     if lost:  # a restarted or flushed server: load the scripts, then run (only) the calls that did not run
         for script in {calls[n][0] for n in lost}:

@@ -10,7 +10,7 @@ import redis
 import redis.asyncio as aioredis
 
 from relevo.core.keys import Keys
-from relevo.core.redis import connect
+from relevo.core.redis import connect, pipelined
 from relevo.features import writer as writer_module
 from relevo.features.definitions import REGION_ITEMS, USER_ITEMS, USER_WEIGHTS
 from relevo.features.online import OnlineStore
@@ -109,17 +109,34 @@ async def test_redelivered_and_reordered_batches_apply_once(store, redis_db) -> 
     assert again["items"] == pytest.approx(once["items"], rel=1e-9)
 
 
-async def test_session_items_are_the_latest_sessions_in_one_round_trip(store) -> None:
+async def test_pipelined_replies_come_in_order_with_errors_in_place_and_a_broken_read_leaves_nothing_behind(
+        redis_db, redis_url) -> None:
+    client = connect(redis_url, socket_timeout=0.3)
+    try:
+        ok, error, value = await pipelined(client, [("SET", "k", "v"), ("INCR", "k"), ("GET", "k")])
+        assert (ok, value) == (b"OK", b"v") and isinstance(error, redis.ResponseError)
+        with pytest.raises(redis.TimeoutError):  # the server answers the GET, then holds the BLPOP past the timeout
+            await pipelined(client, [("GET", "k"), ("BLPOP", "empty", 5)])
+        # the connection with the BLPOP's reply pending was dropped: the next read gets its own replies
+        assert await pipelined(client, [("GET", "k")]) == [b"v"]
+        assert await pipelined(client, [("ZREVRANGE", "nothing", 0, -1, "WITHSCORES")]) == [[]]
+    finally:
+        await client.aclose()
+
+
+async def test_session_items_are_the_latest_sessions_read_with_only_their_features(store) -> None:
     writer, reader = store
     click = {"type": "click", "user_id": "u", "region": "FR", "kind": "click"}
     await writer.process([{**click, "event_id": f"e{n}", "ts": T0 + n, "session_id": session, "item_id": item}
                           for n, (session, item) in enumerate([("s1", "a"), ("s2", "b:1"), ("s1", "c"),
                                                                ("s2", "d"), ("s2", "b:1")])])
-    await reader.user("u")  # the read script loaded
     await reader.redis.config_resetstat()
     user = await reader.user("u", fields=["session_id", "session_items"])
-    calls = (await reader.redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
-    assert (user["session_id"], user["session_items"], calls) == ("s2", ["b:1", "d"], 2)  # the clock's, the user's
+    stats = await reader.redis.info("commandstats")
+    assert (user["session_id"], user["session_items"]) == ("s2", ["b:1", "d"])
+    # the sessions and their items; GETs of the clock (here: the shards' latest event times, no worker publishes one)
+    assert stats["cmdstat_zrevrange"]["calls"] == 2
+    assert set(stats) == {"cmdstat_config|resetstat", "cmdstat_get", "cmdstat_zrevrange"}
 
 
 async def test_unknown_entities_and_hostile_ids(store) -> None:
