@@ -102,7 +102,10 @@ class GlobalDrift:
         """Turn every bucket up to ``complete`` into observations, in bucket order."""
         state, out = self.state, self.pending_observations
         if state.next_bucket is None:
-            if not state.pending:
+            # Start only once the earliest bucket is complete: before that, a partition not yet
+            # heard from may still send an earlier one (afterwards every partition's buckets lie
+            # past its ``through``, so past ``complete``).
+            if not state.pending or min(state.pending) > complete:
                 return
             state.next_bucket = min(state.pending)
         while state.next_bucket <= complete:

@@ -7,6 +7,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from relevo.drift.alerts import Alert
 from relevo.drift.combined import GlobalDrift
 from relevo.drift.regional import RegionalDrift
@@ -129,3 +131,20 @@ def test_a_silent_region_reports_the_same_zeros_however_the_horizon_moves() -> N
     one_step = volumes([179 * minute])
     assert one_step == volumes(list(range(minute, 179 * minute, 7 * minute))) == volumes([3 * minute, 179 * minute])
     assert [v for v, _ in one_step] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_the_global_stage_combines_the_same_buckets_whichever_partition_reports_first() -> None:
+    """A partition whose first bucket is earlier than the other's may report second: the global
+    stage must not have started from the first report's earliest bucket (it then never settled)."""
+    def record(partition: int, buckets: list[int]) -> bytes:
+        return orjson.dumps({"p": partition, "through": 12, "buckets": [[n, 2, 1, {}] for n in buckets]})
+    early, late = record(1, [3, 5]), record(0, [4, 5, 7])
+    apart, together = GlobalDrift(2), GlobalDrift(2)
+    apart.handle([late])
+    assert apart.pending_observations == [] and not apart.settled()
+    apart.handle([early])
+    together.handle([early, late])
+    assert apart.settled() and together.settled()
+    assert apart.pending_observations == together.pending_observations
+    assert [ts // 60_000 for _, metric, _, ts in together.pending_observations if metric == "volume"] == list(
+        range(3, 13))
