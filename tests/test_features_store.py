@@ -46,6 +46,25 @@ async def test_a_read_of_some_fields_is_the_full_read_cut_down(store) -> None:
         await reader.user(users[0], fields=["colour"])
 
 
+async def test_a_cluster_reads_what_a_single_server_reads(store, redis_cluster_url) -> None:
+    """The same events written to a single server and to a three-master cluster read the same:
+    a read's commands span slots and nodes, which a cluster pipelines per node."""
+    writer, reader = store
+    events = synthetic_events(300, seed=6)
+    cluster = connect(redis_cluster_url)
+    prefix = f"c{random.randrange(10**9)}"  # the session's cluster is shared: keys of this test's own
+    try:
+        on_cluster = FeatureWriter(cluster, Keys(prefix)), OnlineStore(cluster, Keys(prefix))
+        for write, _ in (store, on_cluster):
+            await write.process(events)
+        users = sorted({e["user_id"] for e in events})
+        entities = users, ["FR", "DE", "XX"], ["i1", "i2", "nope"]
+        single = await reader.many(*entities)
+        assert all(single[0]) and single == await on_cluster[1].many(*entities)
+    finally:
+        await cluster.aclose()
+
+
 async def test_reads_and_writes_outlive_a_script_flush(store, redis_url) -> None:
     writer, reader = store
     await writer.process(synthetic_events(100, seed=4))
