@@ -122,11 +122,12 @@ async def _pipelined_once(client: aioredis.Redis, commands: Sequence[tuple[Any, 
 
 
 async def _replies(connection: aioredis.Connection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    reader, parser = connection._parser._reader, connection._parser
     try:
         async with asyncio.timeout(connection.socket_timeout):
             await connection.send_packed_command([b"".join(hiredis.pack_command(c) for c in commands)],
                                                  check_health=False)
+            parser = connection._parser  # its reader as of now: a send that had to reconnect made a new one
+            reader = parser._reader
             replies: list[Any] = []
             while len(replies) < len(commands):
                 reply = reader.gets()
