@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import redis
 
 from relevo.core.keys import SHARDS, Keys
@@ -106,23 +107,37 @@ def wait_applied(client: redis.Redis, prefix: str, n: int, timeout: float = 60.0
 def _feature_keys(client: redis.Redis, prefix: str) -> dict[str, str]:
     """Every feature key under ``prefix`` by its name without prefix and shard tag."""
     found = {}
-    for key in client.scan_iter(f"{prefix}:*"):
+    for key in client.scan_iter(f"{prefix}:*", count=1000):
         name = key.decode()[len(prefix) + 1:].split(":", 1)[-1]
         if name.split(":")[0] in ("user", "region", "item") and not name.endswith("~L"):
             found[name] = key.decode()  # not a feature: dedupe sets, counters, other processors' keys, landmarks
     return found
 
 
+def _pipelined(client: redis.Redis, calls: list[Callable[[Any], Any]], chunk: int = 1000) -> list[Any]:
+    """The replies of ``calls`` (each queues one command on a pipeline), a thousand per round trip:
+    a command per round trip made a 44k-key snapshot take 16 s."""
+    replies: list[Any] = []
+    for start in range(0, len(calls), chunk):
+        pipe = client.pipeline(transaction=False)
+        for call in calls[start:start + chunk]:
+            call(pipe)
+        replies += pipe.execute()
+    return replies
+
+
 def feature_snapshot(client: redis.Redis, prefix: str, keys: dict[str, str] | None = None) -> dict[str, object]:
     """Every feature key under ``prefix`` (or those of ``keys``), prefix and shard tag stripped."""
-    snapshot: dict[str, object] = {}
-    for name, key in (keys if keys is not None else _feature_keys(client, prefix)).items():
-        kind = client.type(key).decode()
-        if kind == "zset":
-            snapshot[name] = {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
-        elif kind == "hash":
-            snapshot[name] = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
-    return snapshot
+    keys = keys if keys is not None else _feature_keys(client, prefix)
+    kinds = _pipelined(client, [lambda pipe, key=key: pipe.type(key) for key in keys.values()])
+    kept = [(name, kind if isinstance(kind, str) else kind.decode()) for name, kind in zip(keys, kinds, strict=True)]
+    kept = [(name, kind) for name, kind in kept if kind in ("zset", "hash")]
+    read = {"zset": lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+            "hash": lambda pipe, key: pipe.hgetall(key)}
+    values = _pipelined(client, [lambda pipe, key=keys[name], kind=kind: read[kind](pipe, key) for name, kind in kept])
+    return {name: ({m.decode(): s for m, s in value} if kind == "zset" else
+                   {k.decode(): float(v) for k, v in value.items()})
+            for (name, kind), value in zip(kept, values, strict=True)}
 
 
 def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, object]:
@@ -132,15 +147,33 @@ def decayed_as_of(client: redis.Redis, prefix: str, as_of: int) -> dict[str, obj
     half_lives = {(f.entity, f.name): f.half_life_s for f in FEATURES if f.half_life_s}
     keys = _feature_keys(client, prefix)
     snap = feature_snapshot(client, prefix, keys)  # one listing: a key written meanwhile is read next time
-    for name, members in snap.items():
-        entity, *_, feature = name.split(":")
-        if (entity, feature) in half_lives and isinstance(members, dict):
-            stored = client.get(keys[name] + "~L")
-            assert stored is not None, f"{name} has no landmark yet (still being written)"
-            landmark = int(float(stored))
-            f = math.pow(2, (landmark - as_of) / 1000 / half_lives[(entity, feature)])
-            snap[name] = {m: v * f for m, v in members.items()}
+    half_life = {name: half_lives.get((name.split(":")[0], name.split(":")[-1])) for name in snap}
+    decayed = [name for name, h in half_life.items() if h]
+    landmarks = _pipelined(client, [lambda pipe, key=keys[name] + "~L": pipe.get(key) for name in decayed])
+    for name, stored in zip(decayed, landmarks, strict=True):
+        assert stored is not None, f"{name} has no landmark yet (still being written)"
+        factor = math.pow(2, (int(float(stored)) - as_of) / 1000 / half_life[name])
+        snap[name] = {m: v * factor for m, v in snap[name].items()}
     return snap
+
+
+def assert_close(got: Any, want: Any, what: object = "") -> None:
+    """``got == pytest.approx(want, rel=1e-9, abs=1e-12)`` for a mapping or a sequence of numbers,
+    checked with ``math.isclose`` first: approx builds an object per value (50 s over a 44k-key
+    snapshot), so it only explains a mismatch."""
+    if isinstance(want, dict):
+        pairs = [(got[k], v) for k, v in want.items()] if got.keys() == want.keys() else None
+    else:
+        pairs = list(zip(got, want, strict=True)) if len(got) == len(want) else None
+    if pairs is None or not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-12) for g, w in pairs):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), what
+
+
+def assert_same_features(got: dict[str, Any], want: dict[str, Any], what: object = "") -> None:
+    """``got`` holds ``want``'s feature keys with the same members and values."""
+    assert got.keys() == want.keys(), what
+    for key, members in want.items():
+        assert_close(got[key], members, (what, key))
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from relevo.drift.sinks import AlertStore
 from relevo.runtime.processes import Runtime
 from relevo.streams.datasets import trivago
 from relevo.streams.topics import TRAIN_BATCHES
-from tests.streamkit import counters, decayed_as_of, eventually, send
+from tests.streamkit import assert_close, assert_same_features, counters, decayed_as_of, eventually, send
 
 pytestmark = pytest.mark.slow
 REGIONS = ("BR", "US", "DE")  # the three busiest countries: enough searches past the detectors' warm-up
@@ -121,12 +121,9 @@ def _assert_same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
     for search_id, (items, labels, rows) in want["examples"].items():
         other = got["examples"][search_id]
         assert (other[0], other[1]) == (items, labels), (what, search_id)
-        flat = [value for row in rows for value in row]
-        assert [value for row in other[2] for value in row] == pytest.approx(flat, rel=1e-9, abs=1e-12), \
-            (what, search_id)
-    assert got["features"].keys() == want["features"].keys(), what
-    for key, members in want["features"].items():
-        assert got["features"][key] == pytest.approx(members, rel=1e-9), (what, key)
+        assert_close([value for row in other[2] for value in row], [value for row in rows for value in row],
+                     (what, search_id))
+    assert_same_features(got["features"], want["features"], what)
 
 
 @pytest.fixture(scope="module")

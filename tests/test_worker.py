@@ -19,6 +19,7 @@ from relevo.features.definitions import USER_ITEMS, USER_WEIGHTS
 from relevo.features.online import OnlineStore
 from relevo.features.writer import FeatureWriter
 from tests.streamkit import (
+    assert_same_features,
     counters,
     decayed_as_of,
     eventually,
@@ -93,10 +94,7 @@ def test_sigkill_mid_replay_leaves_every_feature_applied_once(tmp_path, kafka_bo
         want = decayed_as_of(client, "ref", as_of)
 
         def same_features() -> None:
-            got = decayed_as_of(client, "k", as_of)
-            assert got.keys() == want.keys()
-            for key, members in want.items():
-                assert got[key] == pytest.approx(members, rel=1e-9), key
+            assert_same_features(decayed_as_of(client, "k", as_of), want)
         eventually(same_features)
     assert counters(client, "k")["events_applied"] == len(events)
 
