@@ -76,6 +76,24 @@ class Session:
     last_click: str | None = None
 
 
+def _plus(entry: tuple[float, int] | None, ts: int, weight: float, rate: float) -> tuple[float, int]:
+    """``entry`` (a value as of its time) with ``weight`` added at ``ts``, as of the later time.
+
+    A late weight counts as decayed to the entry's time, so the sum does not depend on the
+    order the adds come in:
+
+    >>> rate = rate_per_ms(1.0)  # a half-life of one second
+    >>> _plus(_plus(None, 0, 1.0, rate), 1000, 1.0, rate), _plus(_plus(None, 1000, 1.0, rate), 0, 1.0, rate)
+    ((1.5, 1000), (1.5, 1000))
+    """
+    if entry is None:
+        return weight, ts
+    value, at = entry
+    if ts >= at:
+        return value * math.exp((at - ts) * rate) + weight, ts
+    return value + weight * math.exp((ts - at) * rate), at
+
+
 class DecayedCounts:
     """Counts that halve every ``half_life_ms`` of event time, bounded in size."""
 
@@ -85,20 +103,15 @@ class DecayedCounts:
         self._values: dict[str, tuple[float, int]] = {}
 
     def add(self, key: str, ts: int, weight: float = 1.0) -> None:
-        self._values[key] = (self.get(key, ts) + weight, ts)
+        self._values[key] = _plus(self._values.get(key), ts, weight, rate_per_ms(self.half_life_ms / 1000))
         if len(self._values) > self.max_items:
             self._forget()
 
     def add_each(self, keys: Sequence[str], ts: int) -> None:
         """``add(key, ts)`` for every key (a search's impressions: one call per list, not per item)."""
-        values, rate, exp = self._values, rate_per_ms(self.half_life_ms / 1000), math.exp
+        values, rate = self._values, rate_per_ms(self.half_life_ms / 1000)
         for key in keys:
-            entry = values.get(key)
-            if entry is None:
-                values[key] = (1.0, ts)
-            else:
-                value, at = entry
-                values[key] = ((value if ts <= at else value * exp((at - ts) * rate)) + 1.0, max(ts, at))
+            values[key] = _plus(values.get(key), ts, 1.0, rate)
         if len(values) > self.max_items:
             self._forget()
 
