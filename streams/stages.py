@@ -238,8 +238,6 @@ class PartitionedStage:
         (``everything``: every one that read records since its last snapshot)."""
         await self.outputs.flush()
         for partition in partitions:
-            if partition in self._due:
-                self._due[partition] = time.monotonic() + self._every_s
             if self._worth_saving(partition, everything):
                 state, offset = self.states[partition], self.offsets[partition]
                 revision = state.revision()
@@ -249,8 +247,11 @@ class PartitionedStage:
                 self._idle_save_after[partition] = time.monotonic() + seconds / SNAPSHOT_SHARE
                 log.debug("%s p%d: snapshot of %d bytes at offset %d in %.3f s", self.name, partition, size,
                           offset, seconds)
-        # what a round of every partition costs sets how often each is due
+        # what a round of every partition costs sets how often each is due, from this snapshot on
         self._every_s = max(self.checkpoint_s, sum(self._pickling_s.values()) / SNAPSHOT_SHARE)
+        for partition in partitions:
+            if partition in self._due:
+                self._due[partition] = time.monotonic() + self._every_s
 
     async def assign(self, partitions: Sequence[int]) -> None:
         for n, partition in enumerate(partitions, start=1):
