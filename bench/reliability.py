@@ -381,7 +381,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="relevo-reliability-"))
     settings = Settings(data_dir=tmp, api_port=0, session_timeout_s=6.0)
     from relevo.search.catalog_store import load_items
-    load_items(settings.data_dir, CATALOG)  # a small catalog: search answers instead of 503
+    # a small catalog: search answers instead of 503
+    load_items(settings.data_dir, CATALOG, cache_dir=settings.cache_dir)
     with Runtime(settings, workers=1, trainer=True) as rt:
         rt.wait_workers_ready()
         client = rt.redis()

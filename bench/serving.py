@@ -29,7 +29,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bench.report import record, table
-from bench.search_latency import CACHE, queries
+from bench.search_latency import queries
 from bench.throughput import cpu_seconds, redis_cpu
 from relevo.core.keys import Keys
 from relevo.core.settings import SHARED_DATA, Settings
@@ -75,11 +75,8 @@ async def applied(redis_url: str) -> float:
 
 
 def load_catalog(data_dir: Path) -> list[dict]:
-    """Index the Amazon products into ``data_dir``'s catalog, with the benches' embedding cache
-    (linked, so the API's taxonomy labels are cached across runs too); the products."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (data_dir / "cache").mkdir(parents=True, exist_ok=True)
-    (data_dir / "cache" / "embeddings").symlink_to(CACHE.resolve(), target_is_directory=True)
+    """Index the Amazon products into ``data_dir``'s catalog (embeddings cached where the API
+    caches them, ``RELEVO_CACHE_DIR``); the products."""
     items = load_amazon(AMAZON)
     load_items(data_dir, items)
     return items

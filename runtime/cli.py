@@ -138,7 +138,7 @@ def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
         log.error("no such file: %s", path)
         return 2
     items = load_amazon(path) if args.amazon else read_items(path)
-    loaded, rejected = load_items(settings.data_dir, items, args.encoder, args.batch)
+    loaded, rejected = load_items(settings.data_dir, items, args.encoder, args.batch, settings.cache_dir)
     return 0 if loaded or not rejected else 1
 
 

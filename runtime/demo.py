@@ -121,7 +121,7 @@ def load_catalog(settings: Settings) -> None:
         log.warning("no Amazon catalog at %s: the demo runs without search", AMAZON_TITLES)
         return
     log.info("loading the Amazon multilingual catalog (encoding titles the first time takes about a minute)")
-    load_items(settings.data_dir, load_amazon(AMAZON_TITLES))
+    load_items(settings.data_dir, load_amazon(AMAZON_TITLES), cache_dir=settings.cache_dir)
 
 
 def _search_ready(api: httpx.Client) -> bool:

@@ -3,10 +3,12 @@
 the search service built on it.
 
 Layout under ``settings.data_dir``: ``catalog/`` (items + vectors, see
-``CatalogIndexer.save``), ``cache/embeddings/`` (item embeddings per encoder) and
-``search-tuning/`` (a published fusion and the query tower it needs, see
-``relevo.models.query_tuning``). A published fusion names the encoder it was fit
-for; the catalog is opened (re-indexed once, if need be) with that encoder.
+``CatalogIndexer.save``) and ``search-tuning/`` (a published fusion and the query tower it
+needs, see ``relevo.models.query_tuning``). Text embeddings are cached per encoder under
+``settings.cache_dir``'s ``embeddings/``, shared by every data dir on the machine: the
+taxonomy's 18k category labels are the same for all of them (tens of seconds to encode).
+A published fusion names the encoder it was fit for; the catalog is opened (re-indexed
+once, if need be) with that encoder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from relevo.core.settings import Settings
 from relevo.search.encoder import DEFAULT_ENCODER, load_encoder
 from relevo.search.fusion import FUSION_FILE, Fusion
 from relevo.search.query import QueryUnderstanding
@@ -46,11 +49,17 @@ def served_encoder(data_dir: Path) -> str:
     return Fusion.load(path).encoder if path.exists() else DEFAULT_ENCODER
 
 
-def open_catalog(data_dir: Path, encoder_name: str | None = None) -> CatalogIndexer:
-    """The saved catalog (empty if none), with an encoder whose item side is cached on disk
-    (default: ``served_encoder``). A catalog saved with another encoder is re-indexed."""
+def embeddings_dir(cache_dir: Path | None = None) -> Path:
+    """Where text embeddings are cached: under ``cache_dir`` (default: ``RELEVO_CACHE_DIR``)."""
+    return Path(cache_dir or Settings.from_env().cache_dir).expanduser() / "embeddings"
+
+
+def open_catalog(data_dir: Path, encoder_name: str | None = None, cache_dir: Path | None = None) -> CatalogIndexer:
+    """The saved catalog (empty if none), with an encoder whose item side is cached under
+    ``embeddings_dir(cache_dir)`` (default: ``served_encoder``). A catalog saved with another
+    encoder is re-indexed."""
     encoder_name = encoder_name or served_encoder(data_dir)
-    encoder = load_encoder(encoder_name, cache_dir=Path(data_dir) / "cache" / "embeddings")
+    encoder = load_encoder(encoder_name, cache_dir=embeddings_dir(cache_dir))
     directory = catalog_dir(data_dir)
     saved = CatalogIndexer.saved_encoder(directory)
     if saved is None or saved == encoder.name:
@@ -120,10 +129,10 @@ def _upsert_with_progress(catalog: CatalogIndexer, items: Iterable[object], batc
 
 
 def load_items(data_dir: Path, items: Iterable[object], encoder_name: str | None = None,
-               batch: int = 512) -> tuple[int, int]:
+               batch: int = 512, cache_dir: Path | None = None) -> tuple[int, int]:
     """Validate and index ``items`` into the catalog under ``data_dir`` (with ``served_encoder``
     unless told), with progress; (loaded, rejected)."""
-    catalog = open_catalog(data_dir, encoder_name)
+    catalog = open_catalog(data_dir, encoder_name, cache_dir)
     loaded, rejected = _upsert_with_progress(catalog, items, batch)
     catalog.save(catalog_dir(data_dir))
     log.info("loaded %d items (%d rejected); the catalog holds %d", loaded, rejected, len(catalog))

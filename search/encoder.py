@@ -31,6 +31,8 @@ import hashlib
 import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -293,12 +295,14 @@ def load_encoder(name: str = DEFAULT_ENCODER, cache_dir: Path | str | None = Non
 
 class CachedEncoder(TextEncoder):
     """An encoder whose item side is cached on disk, keyed by encoder name and text,
-    so a title is encoded once. Lives under the data dir (``.relevo/cache``), never in git.
+    so a title is encoded once. The API keeps it under ``RELEVO_CACHE_DIR`` (every data dir
+    and process on the machine shares it: each shard has a name of its own, and a shard
+    another process merged away meanwhile is skipped); never in git.
 
     Each batch of new texts is appended as its own shard file (cost proportional to the
     new texts, not the cache), and many shards are merged into one when the cache opens.
     Wrap each base encoder (not a fused one) so fusions share the parts' caches. Threads
-    may share one: a lock keeps the cache and its shard numbers whole.
+    may share one: a lock keeps the cache whole.
     """
 
     def __init__(self, encoder: TextEncoder, directory: Path | str, batch_size: int = 256,
@@ -307,17 +311,22 @@ class CachedEncoder(TextEncoder):
         self.score_spread = encoder.score_spread
         self.directory = Path(directory) / encoder.name
         self._batch_size = batch_size
-        shards = sorted(self.directory.glob("*.npz"))
-        loaded = [np.load(shard) for shard in shards]
+        shards, loaded = [], []
+        for shard in sorted(self.directory.glob("*.npz")):
+            try:
+                with np.load(shard) as data:
+                    loaded.append({"keys": data["keys"], "vectors": data["vectors"]})
+                shards.append(shard)
+            except FileNotFoundError:  # merged away by another process since the listing: a cache miss at worst
+                continue
         self._vectors = np.vstack([np.zeros((0, encoder.dim), np.float32), *(d["vectors"] for d in loaded)])
         self._keys = [row.tobytes() for d in loaded for row in d["keys"]]  # digest of each row's text
         self._rows = {key: row for row, key in enumerate(self._keys)}
-        self._next_shard = int(shards[-1].stem) + 1 if shards else 0
         self._lock = threading.Lock()
         if len(shards) > max_shards:
             self._write(self._keys, self._vectors)
             for shard in shards:
-                shard.unlink()
+                shard.unlink(missing_ok=True)
 
     @staticmethod
     def _key(text: str) -> bytes:
@@ -344,12 +353,11 @@ class CachedEncoder(TextEncoder):
     def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         digests = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 16)  # not "S16": it strips NULs
-        path = self.directory / f"{self._next_shard:08d}.npz"
+        path = self.directory / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"  # no two writers share one
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, keys=digests, vectors=vectors)
         os.replace(tmp, path)  # never leave a half-written shard
-        self._next_shard += 1
 
 
 class _Fixed(TextEncoder):

@@ -110,7 +110,8 @@ def load_search(settings: Settings, features: FeatureSource | None = None, reran
     """The search service over the catalog under the data dir, scored by the search tuning
     published there (and its query tower), else by the prior fusion, searching in ``executor``'s
     threads. Blocking: tens of seconds."""
-    catalog, published = open_catalog(settings.data_dir), tuning_dir(settings.data_dir)
+    catalog = open_catalog(settings.data_dir, cache_dir=settings.cache_dir)
+    published = tuning_dir(settings.data_dir)
     fusion = None
     if (published / FUSION_FILE).exists():  # transformers (~10 s to import) only for a published tower
         from relevo.models.query_tuning import attach_published
