@@ -33,6 +33,7 @@ import os
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -296,8 +297,8 @@ def load_encoder(name: str = DEFAULT_ENCODER, cache_dir: Path | str | None = Non
 class CachedEncoder(TextEncoder):
     """An encoder whose item side is cached on disk, keyed by encoder name and text,
     so a title is encoded once. The API keeps it under ``RELEVO_CACHE_DIR`` (every data dir
-    and process on the machine shares it: each shard has a name of its own, and a shard
-    another process merged away meanwhile is skipped); never in git.
+    and process on the machine shares it: each shard has a name of its own, a shard another
+    process merged away meanwhile is skipped, an unreadable one removed); never in git.
 
     Each batch of new texts is appended as its own shard file (cost proportional to the
     new texts, not the cache), and many shards are merged into one when the cache opens.
@@ -319,6 +320,9 @@ class CachedEncoder(TextEncoder):
                 shards.append(shard)
             except FileNotFoundError:  # merged away by another process since the listing: a cache miss at worst
                 continue
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # shards are written whole: corrupt
+                log.warning("removing the unreadable embedding shard %s: %s", shard, exc)
+                shard.unlink(missing_ok=True)
         self._vectors = np.vstack([np.zeros((0, encoder.dim), np.float32), *(d["vectors"] for d in loaded)])
         self._keys = [row.tobytes() for d in loaded for row in d["keys"]]  # digest of each row's text
         self._rows = {key: row for row, key in enumerate(self._keys)}

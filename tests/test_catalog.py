@@ -87,6 +87,16 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
     assert np.array_equal(CachedEncoder(Counting(), tmp_path).encode_items(["one more", *texts])[1:], vectors)
 
 
+def test_processes_sharing_the_embedding_cache_keep_each_other_s_texts(tmp_path):
+    first, second = CachedEncoder(Counting(), tmp_path), CachedEncoder(Counting(), tmp_path)  # both open it empty
+    first.encode_items(["a", "b"])
+    second.encode_items(["c"])
+    (tmp_path / "counting" / "broken.npz").write_bytes(b"not a shard")
+    third = CachedEncoder(inner := Counting(), tmp_path)
+    third.encode_items(["a", "b", "c"])
+    assert inner.encoded == 0 and not (tmp_path / "counting" / "broken.npz").exists()
+
+
 def test_vector_index_switches_to_hnsw_and_persists(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(300, 16)).astype(np.float32)
