@@ -164,10 +164,15 @@ async def run_scripts(client: AnyRedis, calls: Sequence[tuple[Any, list[str], li
             await client.script_load(script.script)
         for n, result in zip(lost, await run_scripts(client, [calls[n] for n in lost]), strict=True):
             results[n] = result
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
+    return raising_errors(results)
+
+
+def raising_errors(replies: list[Any]) -> list[Any]:
+    """``replies`` as they are, unless one is an error (``pipelined`` keeps them in place): then raise the first."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 async def retrying(call: Callable[[], Awaitable[T]], max_wait_s: float = 5.0) -> T:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from relevo.core.decay import factor
 from relevo.core.keys import SHARDS, Keys
-from relevo.core.redis import pipelined
+from relevo.core.redis import pipelined, raising_errors
 from relevo.features.definitions import (
     ITEM_COUNTS,
     REGION_ACTIVITY,
@@ -274,10 +274,7 @@ class OnlineStore:
             reads.queue(region_features, region)
         for item_id in items:
             reads.queue((ITEM_COUNTS,), item_id)
-        replies = await pipelined(self.redis, reads.commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        replies = raising_errors(await pipelined(self.redis, reads.commands))
         as_of = _read_time(as_of, await self._as_of(replies[0]))
         found_users = []
         for user_id in users:
