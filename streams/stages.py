@@ -129,7 +129,9 @@ class Outputs:
 
     async def start(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=2,
+            # No linger: every sender flushes right after its sends, so a linger only delays the
+            # flush (the region forwarder's flush per batch: p50 6.3 → 4.4 ms at 2,000 events/s).
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=0,
                                         max_batch_size=1 << 20, max_request_size=1 << 20)
             await producer.start()
             self._producer = producer
