@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from relevo.core.keys import SHARDS, Keys
+from relevo.core.redis import pipelined, raising_errors
 
 FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 SAMPLES_KEPT = 10_000
@@ -75,17 +76,14 @@ class WorkerStats:
         now = time.time() * 1000
         ages = [max(0.0, now - ts) for ts in produced_ms if ts]
         counts.update(bucket_field(a) for a in ages)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for field, n in counts.items():
-                pipe.hincrby(self.keys.stats, field, n)
-            for name, spent in (seconds or {}).items():
-                pipe.hincrbyfloat(self.keys.stats, f"seconds:{name}", spent)
-            if ages:
-                pipe.hincrbyfloat(self.keys.stats, "fresh_sum_ms", sum(ages))
-                sample_key = self.keys.stats + ":fresh"
-                pipe.lpush(sample_key, *(round(a, 2) for a in ages[-100:]))
-                pipe.ltrim(sample_key, 0, SAMPLES_KEPT - 1)
-            await pipe.execute()
+        stats = self.keys.stats
+        commands: list[tuple[Any, ...]] = [("HINCRBY", stats, field, n) for field, n in counts.items()]
+        commands += [("HINCRBYFLOAT", stats, f"seconds:{name}", spent) for name, spent in (seconds or {}).items()]
+        if ages:
+            commands += [("HINCRBYFLOAT", stats, "fresh_sum_ms", sum(ages)),
+                         ("LPUSH", stats + ":fresh", *(round(a, 2) for a in ages[-100:])),
+                         ("LTRIM", stats + ":fresh", 0, SAMPLES_KEPT - 1)]
+        raising_errors(await pipelined(self.redis, commands))  # every batch: not redis-py's slower pipeline
 
 
 def reason_kind(reason: str) -> str:
