@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from relevo.core.decay import rate_per_ms
 from relevo.core.keys import Keys, dedupe_buckets, safe_id, shard_of
 from relevo.core.lua import script
-from relevo.core.redis import run_scripts
+from relevo.core.redis import pipelined, raising_errors, run_scripts
 from relevo.suggestions.config import DEFAULT_CONFIG, SuggestConfig
 from relevo.suggestions.ranking import Candidate
 
@@ -128,20 +128,15 @@ class SuggestionStore:
                                        for base, group in by_base.items() for start in range(0, len(group), step)])
         searches = [e for e in events if e.search_id]
         if searches:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for event in searches:
-                    pipe.set(self.search_key(event.search_id), orjson.dumps(event),  # orjson writes dataclasses
-                             ex=self.config.search_memory_s)
-                await pipe.execute()
+            ttl = self.config.search_memory_s  # orjson writes dataclasses
+            remember = [("SET", self.search_key(e.search_id), orjson.dumps(e), "EX", ttl) for e in searches]
+            raising_errors(await pipelined(self.redis, remember))
 
     async def searches(self, search_ids: Sequence[str]) -> dict[str, QueryEvent]:
         """The remembered searches among ``search_ids`` (one round trip; one key per search)."""
         if not search_ids:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in search_ids:
-                pipe.get(self.search_key(sid))
-            stored = await pipe.execute()
+        stored = raising_errors(await pipelined(self.redis, [("GET", self.search_key(sid)) for sid in search_ids]))
         return {sid: QueryEvent(**orjson.loads(raw)) for sid, raw in zip(search_ids, stored, strict=True)
                 if raw is not None}
 
