@@ -19,7 +19,7 @@ from relevo.streams.app import _fetch_max_wait
 
 
 def main(bootstrap: str, topic: str, n: int, out: Path) -> None:
-    _fetch_max_wait(Settings().fetch_max_wait_ms)  # the same consumer settings as our worker
+    _fetch_max_wait(Settings.from_env().fetch_max_wait_ms)  # the same consumer settings as our worker
     app = faust.App(f"noop-{topic}", broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
                     consumer_auto_offset_reset="earliest", broker_session_timeout=6,
                     broker_heartbeat_interval=2, datadir=str(out.parent / f"faust-noop-{topic}"))

@@ -130,7 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--processors", default=Settings().processors, help="what the worker runs")
+    parser.add_argument("--processors", default=Settings.from_env().processors,
+                        help="what the worker runs (default: RELEVO_PROCESSORS)")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     events = list(open_dataset("trivago"))[:50_000]

@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--mixed-searches", type=int, default=200, help="searches per searcher in the mixed phase")
     parser.add_argument("--searchers", type=int, default=2)
     parser.add_argument("--readers", type=int, default=2)
-    parser.add_argument("--cpu-threads", type=int, default=Settings().api_cpu_threads,
+    parser.add_argument("--cpu-threads", type=int, default=Settings.from_env().api_cpu_threads,
                         help="the API's search threads (RELEVO_API_CPU_THREADS)")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
