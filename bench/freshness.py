@@ -127,16 +127,17 @@ async def measure_raw(bootstrap: str, events: list[dict], rate: int, seconds: fl
 
 
 def main() -> None:
+    env = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--processors", default=Settings.from_env().processors,
+    parser.add_argument("--processors", default=env.processors,
                         help="what the worker runs (default: RELEVO_PROCESSORS)")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     events = list(open_dataset("trivago"))[:50_000]
     tmp = Path(tempfile.mkdtemp(prefix="relevo-fresh-"))
-    settings = replace(Settings.from_env(), data_dir=tmp, partitions=4, key_prefix="f", processors=args.processors)
+    settings = replace(env, data_dir=tmp, partitions=4, key_prefix="f", processors=args.processors)
     with Runtime(settings, workers=1, api=False) as runtime:
         runtime.wait_workers_ready()
         raw = asyncio.run(measure_raw(runtime.settings.kafka_bootstrap_servers, events, args.rate, args.seconds,

@@ -128,8 +128,9 @@ class SuggestionStore:
                                        for base, group in by_base.items() for start in range(0, len(group), step)])
         searches = [e for e in events if e.search_id]
         if searches:
-            ttl = self.config.search_memory_s  # orjson writes dataclasses
-            remember = [("SET", self.search_key(e.search_id), orjson.dumps(e), "EX", ttl) for e in searches]
+            ttl = self.config.search_memory_s
+            remember = [("SET", self.search_key(e.search_id), orjson.dumps(e), "EX", ttl)  # orjson writes dataclasses
+                        for e in searches]
             raising_errors(await pipelined(self.redis, remember))
 
     async def searches(self, search_ids: Sequence[str]) -> dict[str, QueryEvent]:
